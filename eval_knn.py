@@ -1,0 +1,67 @@
+"""Weighted kNN accuracy of a trained checkpoint (NPID's protocol, SPEC §3).
+
+    python eval_knn.py --ckpt runs/digits/last.pth
+    torchrun --nproc_per_node=8 eval_knn.py --ckpt runs/imagenet/last.pth
+
+Train and test features are recomputed with the test transform from the online network's
+L2-normalised f_I; each of the k nearest train images (cosine) votes for its class with weight
+exp(cos / sigma). Prints one JSON line.
+"""
+import argparse
+import contextlib
+import json
+import sys
+
+import torch
+
+from lib import checkpoint, dist
+from lib.checkpoint import CheckpointError
+from lib.data import DatasetError, dataset_info, load_dataset, test_transform
+from lib.knn import knn_eval
+from lib.models import CLDNet
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a checkpoint written by train_cld.py (RUN/last.pth)")
+    p.add_argument("--k", type=int, default=200, help="neighbours (NPID, CLD: 200)")
+    p.add_argument("--sigma", type=float, default=None, help="vote temperature; default: the run's T_I (--ins-t), as the authors")
+    p.add_argument("--data", default=None, help="dataset root, if it moved since training")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    p.add_argument("--workers", type=int, default=4)
+    args = p.parse_args(argv)
+    if args.k <= 0 or args.batch_size <= 0 or (args.sigma is not None and args.sigma <= 0):
+        p.error("--k, --batch-size and --sigma must be positive")
+    return args
+
+
+def main(args):
+    rank, world, device = dist.setup()
+    ckpt = checkpoint.load(args.ckpt)
+    config = ckpt["config"]
+    sigma = args.sigma or config["ins_t"]
+    info = dataset_info(config["dataset"])
+    root = args.data or config["data"]
+    train_set = load_dataset(config["dataset"], root, "train", test_transform(info, config["image_size"]))
+    test_set = load_dataset(config["dataset"], root, "test", test_transform(info, config["image_size"]))
+
+    model = CLDNet(config["arch"], info.channels, config["dim"], config["instance_head"], config["group_head"])
+    checkpoint.load_model_state(model, ckpt["model"], args.ckpt)
+    model.to(device).eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    with autocast:
+        top1, top5 = knn_eval(model.embed, train_set, test_set, device, args.k, sigma, args.batch_size, args.workers)
+    if rank == 0:
+        print(json.dumps({"top1": round(top1, 2), "top5": round(top5, 2), "k": args.k, "sigma": sigma,
+                          "features": "f_I (instance head), L2-normalised, recomputed with the test transform",
+                          "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
+                          "epoch": ckpt["epoch"], "checkpoint": args.ckpt}))
+    dist.cleanup()
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        main(args)
+    except (DatasetError, CheckpointError) as e:
+        sys.exit(f"error: {e}")

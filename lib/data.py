@@ -1,0 +1,417 @@
+"""Datasets and augmentations.
+
+Every dataset returns (transform(img), target, index): the index addresses the row of the
+image in a memory bank. Small datasets are read straight from their published files into
+uint8 arrays (`.data`, shape [N,H,W] or [N,H,W,3]); folders of images go through
+torchvision's ImageFolder.
+"""
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision import datasets, transforms
+
+
+class DatasetError(Exception):
+    """A dataset cannot be loaded; the message says what is wrong and what to do."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    channels: int
+    image_size: int
+    mean: tuple
+    std: tuple
+    default_arch: str
+
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# Pixel mean/std (on the 0..1 scale) of the training images, computed once with numpy:
+# digits over the 1,437 images of the stratified train split below (pixels 0..16 scaled to
+# 0..255), Fashion-MNIST over the 60,000 images of train-images-idx3-ubyte.gz.
+DIGITS_MEAN, DIGITS_STD = (0.3054,), (0.3760,)
+FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
+
+INFO = {
+    "digits": DatasetInfo(1, 8, DIGITS_MEAN, DIGITS_STD, "resnet18_cifar"),
+    "fashion-mnist": DatasetInfo(1, 28, FASHION_MEAN, FASHION_STD, "resnet18_cifar"),
+    "cifar10": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
+    "cifar100": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
+    "stl10": DatasetInfo(3, 96, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
+    "imagefolder": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet18"),
+    "imagenet": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet50"),
+}
+DATASET_NAMES = tuple(INFO)
+SPLITS = ("pretrain", "train", "test")
+
+
+def dataset_info(name):
+    if name not in INFO:
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return INFO[name]
+
+
+def default_root(name):
+    # Debian's dataset-fashion-mnist package installs the four .gz files here.
+    if name == "fashion-mnist":
+        return "/usr/share/datasets/fashion-mnist"
+    return None
+
+
+# ----------------------------------------------------------------------------- datasets
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """Images held as a uint8 array `data` [N,H,W] (grey) or [N,H,W,3] (RGB)."""
+
+    def __init__(self, data, targets, num_classes, transform=None):
+        self.data = data
+        self.targets = np.asarray(targets, dtype=np.int64)  # [N], -1 = no label
+        self.num_classes = num_classes
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, index):
+        # A 2-D array becomes an "L" image, [H,W,3] an "RGB" one.
+        img = Image.fromarray(np.ascontiguousarray(self.data[index]))
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index]), index
+
+
+class FolderDataset(datasets.ImageFolder):
+    """ImageFolder that also returns the index and keeps targets as an int64 array."""
+
+    def __init__(self, root, transform=None):
+        super().__init__(root, transform=transform)
+        self.targets = np.asarray(self.targets, dtype=np.int64)
+        self.num_classes = len(self.classes)
+
+    def __getitem__(self, index):
+        img, target = super().__getitem__(index)
+        return img, int(target), index
+
+
+# What to do when a dataset's files are missing.
+HINTS = {
+    "fashion-mnist": "install the Debian package dataset-fashion-mnist, or put the four "
+                     "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist in one folder",
+    "cifar10": "download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
+               "extract it so that root/cifar-10-batches-py/ exists",
+    "cifar100": "download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
+                "extract it so that root/cifar-100-python/ exists",
+    "stl10": "download stl10_binary.tar.gz from cs.stanford.edu/~acoates/stl10 and "
+             "extract it so that root/stl10_binary/ exists",
+    "imagefolder": "point root at a folder holding train/<class>/ and val/<class>/ "
+                   "(or test/<class>/)",
+    "imagenet": "point root at an ILSVRC-2012 tree holding train/<wnid>/ and val/<wnid>/",
+}
+
+
+def missing(name, what, where):
+    return DatasetError(f"{name}: {what} not found in {where}; {HINTS[name]}")
+
+
+# digits: scikit-learn's bundled copy, no files needed.
+
+def load_digits_arrays(split):
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = np.round(digits.images * 255 / 16).astype(np.uint8)  # [1797,8,8], 0..16 -> 0..255
+    labels = digits.target
+    # No official split: a fixed stratified 80/20 split keeps the class balance in both parts.
+    train, test = train_test_split(np.arange(len(labels)), test_size=0.2,
+                                   stratify=labels, random_state=0)
+    keep = test if split == "test" else train
+    return images[keep], labels[keep]
+
+
+# fashion-mnist: idx files, big-endian header (magic, sizes), then raw uint8.
+
+FASHION_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path, magic):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = 3 if magic == 2051 else 1  # images [N,rows,cols], labels [N]
+    header = np.frombuffer(raw[:4 * (ndim + 1)], dtype=">u4") if len(raw) >= 4 * (ndim + 1) else [0]
+    if header[0] != magic:
+        raise DatasetError(f"fashion-mnist: {path} has magic number {header[0]}, expected {magic}; "
+                           f"the file is corrupt or not an idx file, download it again")
+    shape = tuple(int(n) for n in header[1:])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=4 * (ndim + 1))
+    if body.size != int(np.prod(shape)):
+        raise DatasetError(f"fashion-mnist: {path} holds {body.size} bytes of data, its header "
+                           f"promises {int(np.prod(shape))}; the file is truncated, "
+                           f"download it again")
+    return body.reshape(shape)
+
+
+def find_idx(root, stem):
+    for name in (stem + ".gz", stem):
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    raise missing("fashion-mnist", stem + ".gz", root)
+
+
+def load_fashion_arrays(root, split):
+    image_file, label_file = FASHION_FILES["test" if split == "test" else "train"]
+    images = read_idx(find_idx(root, image_file), 2051)  # [N,28,28]
+    labels = read_idx(find_idx(root, label_file), 2049)  # [N]
+    if len(images) != len(labels):
+        raise DatasetError(f"fashion-mnist: {len(images)} images but {len(labels)} labels in "
+                           f"{root}; the files come from different releases, download them again")
+    return images, labels
+
+
+# cifar: Python-2 pickles; under encoding="bytes" their keys are bytes.
+
+CIFAR_LAYOUT = {  # folder, training files, test file, label key
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch",
+                "labels"),
+    "cifar100": ("cifar-100-python", ["train"], "test", "fine_labels"),
+}
+
+
+def unpickle(path, key):
+    with open(path, "rb") as f:
+        batch = pickle.load(f, encoding="bytes")
+
+    def pick(key):  # real files have bytes keys; a file pickled by Python 3 may have str keys
+        return batch[key.encode()] if key.encode() in batch else batch[key]
+
+    data = np.asarray(pick("data"), dtype=np.uint8)  # [N,3072]: 1024 R, then G, then B
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise DatasetError(f"{path} holds data of shape {data.shape}, expected [N,3072]; "
+                           f"the file is corrupt, download it again")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(pick(key))
+
+
+def load_cifar_arrays(name, root, split):
+    folder, train_files, test_file, key = CIFAR_LAYOUT[name]
+    # Accept both the parent folder and the extracted folder itself.
+    if os.path.basename(os.path.normpath(root)) != folder:
+        root = os.path.join(root, folder)
+    parts = []
+    for file in [test_file] if split == "test" else train_files:
+        path = os.path.join(root, file)
+        if not os.path.isfile(path):
+            raise missing(name, file, root)
+        parts.append(unpickle(path, key))
+    images = np.concatenate([p[0] for p in parts])  # [N,32,32,3]
+    labels = np.concatenate([p[1] for p in parts])  # [N]
+    return images, labels
+
+
+# stl10: each image is 3 channel planes of 96x96 bytes, each plane stored column by column.
+
+STL_SIDE = 96
+STL_BYTES = 3 * STL_SIDE * STL_SIDE  # 27,648
+
+
+def stl_path(root, file):
+    # Accept both the parent folder and stl10_binary/ itself.
+    if os.path.basename(os.path.normpath(root)) != "stl10_binary":
+        root = os.path.join(root, "stl10_binary")
+    path = os.path.join(root, file)
+    if not os.path.isfile(path):
+        raise missing("stl10", file, root)
+    return path
+
+
+def stl_count(path):
+    size = os.path.getsize(path)
+    if size % STL_BYTES or size == 0:
+        raise DatasetError(f"stl10: {path} is {size} bytes, not a positive multiple of {STL_BYTES} "
+                           f"(one 96x96x3 image); the file is truncated, download it again")
+    return size // STL_BYTES
+
+
+def stl_images(raw):
+    # [N,27648] bytes -> [N,C,W,H] (column-major planes) -> [N,H,W,C]
+    return raw.reshape(-1, 3, STL_SIDE, STL_SIDE).transpose(0, 3, 2, 1)
+
+
+class StlImages:
+    """Several STL-10 image files seen as one uint8 array [N,96,96,3] without reading them.
+
+    The files are memory-mapped on first access; pickling (DataLoader workers) sends only
+    the paths, since pickling a memmap would copy the whole 2.7 GB unlabeled file.
+    """
+
+    def __init__(self, paths):
+        self.paths = list(paths)
+        self.counts = [stl_count(p) for p in self.paths]
+        self.starts = np.cumsum([0] + self.counts)  # file k holds rows starts[k]..starts[k+1]-1
+        self.shape = (int(self.starts[-1]), STL_SIDE, STL_SIDE, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.maps = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "maps": None}
+
+    def __len__(self):
+        return self.shape[0]
+
+    def open(self):
+        if self.maps is None:
+            self.maps = [stl_images(np.memmap(p, dtype=np.uint8, mode="r")) for p in self.paths]
+        return self.maps
+
+    def __getitem__(self, index):
+        maps = self.open()
+        if np.ndim(index) == 0 and not isinstance(index, slice):
+            index = int(index) + (len(self) if index < 0 else 0)
+            k = int(np.searchsorted(self.starts, index, side="right")) - 1
+            return np.asarray(maps[k][index - self.starts[k]])  # [96,96,3]
+        rows = np.arange(len(self))[index]
+        out = np.empty((len(rows), STL_SIDE, STL_SIDE, 3), dtype=np.uint8)
+        for i, row in enumerate(rows):
+            out[i] = self[row]
+        return out  # [len(rows),96,96,3]
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+
+def read_stl(path):
+    raw = np.fromfile(path, dtype=np.uint8, count=stl_count(path) * STL_BYTES)
+    return np.ascontiguousarray(stl_images(raw))  # [N,96,96,3]
+
+
+def read_stl_labels(path, n):
+    labels = np.fromfile(path, dtype=np.uint8).astype(np.int64) - 1  # 1..10 -> 0..9
+    if len(labels) != n:
+        raise DatasetError(f"stl10: {path} has {len(labels)} labels for {n} images; "
+                           f"the files are truncated, download stl10_binary again")
+    return labels
+
+
+def load_stl_arrays(root, split):
+    prefix = "test" if split == "test" else "train"
+    x_path = stl_path(root, f"{prefix}_X.bin")
+    labels = read_stl_labels(stl_path(root, f"{prefix}_y.bin"), stl_count(x_path))
+    if split != "pretrain":
+        return read_stl(x_path), labels  # [N,96,96,3]; 5k train / 8k test fit in memory
+    unlabeled = StlImages([x_path, stl_path(root, "unlabeled_X.bin")])
+    targets = np.concatenate([labels, np.full(len(unlabeled) - len(labels), -1)])
+    return unlabeled, targets
+
+
+def load_folder(name, root, split):
+    # The test split is val/ when present (ImageNet layout), else test/ (Kitchen-HC release).
+    subdirs = ["train"] if split != "test" else ["val", "test"]
+    for sub in subdirs:
+        path = os.path.join(root, sub)
+        if os.path.isdir(path):
+            try:
+                return FolderDataset(path)
+            except FileNotFoundError as e:  # ImageFolder's message for empty class folders
+                raise DatasetError(f"{name}: {path} holds no readable images ({e}); "
+                                   f"put images in {path}/<class>/") from None
+    raise missing(name, " or ".join(s + "/" for s in subdirs), root)
+
+
+def load_dataset(name, root, split, transform=None):
+    """The dataset `name` for split "pretrain", "train" or "test"; items are (img, target, index).
+
+    pretrain is what self-supervised training iterates over: the train split, plus the
+    100k unlabeled images for stl10.
+    """
+    dataset_info(name)  # rejects an unknown name
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if name == "digits":
+        images, labels = load_digits_arrays(split)
+        return ArrayDataset(images, labels, 10, transform)
+    root = root if root is not None else default_root(name)
+    if root is None:
+        raise DatasetError(f"{name}: no data folder given; {HINTS[name]}, "
+                           f"and pass that folder as root")
+    if not os.path.isdir(root):
+        raise DatasetError(f"{name}: data folder {root} does not exist; {HINTS[name]}")
+    if name in ("imagefolder", "imagenet"):
+        dataset = load_folder(name, root, split)
+        dataset.transform = transform
+        return dataset
+    if name == "fashion-mnist":
+        images, labels = load_fashion_arrays(root, split)
+        return ArrayDataset(images, labels, 10, transform)
+    if name == "stl10":
+        images, labels = load_stl_arrays(root, split)
+        return ArrayDataset(images, labels, 10, transform)
+    images, labels = load_cifar_arrays(name, root, split)
+    return ArrayDataset(images, labels, 100 if name == "cifar100" else 10, transform)
+
+
+# ----------------------------------------------------------------------------- augmentations
+
+def blur_kernel(size):
+    # An odd kernel about a tenth of the image (23 at 224 px, as in MoCo v2), at least 3.
+    return max(3, int(0.1 * size) // 2 * 2 + 1)
+
+
+def train_transform(info, recipe="default", erasing=False, image_size=None):
+    """PIL image -> augmented, normalised tensor [C,H,W]."""
+    size = image_size or info.image_size
+    crop = transforms.RandomResizedCrop(size, scale=(0.2, 1.0))
+    # Hue jitter and grayscale leave a 1-channel "L" image with 1 channel.
+    if recipe == "default":
+        colour = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
+                  transforms.RandomGrayscale(p=0.2)]
+    elif recipe == "aug-plus":
+        blur = transforms.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))
+        colour = [transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                  transforms.RandomGrayscale(p=0.2),
+                  transforms.RandomApply([blur], p=0.5)]
+    else:
+        raise ValueError(f"unknown augmentation recipe {recipe!r}; choose default or aug-plus")
+    steps = [crop, *colour, transforms.RandomHorizontalFlip(),
+             transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+    if erasing:
+        steps.append(transforms.RandomErasing(p=1.0))
+    return transforms.Compose(steps)
+
+
+def test_transform(info, image_size=None):
+    """PIL image -> normalised tensor [C,size,size], no randomness.
+
+    Small images (at most 96 px: digits, Fashion-MNIST, CIFAR, STL-10, 32 px object crops)
+    are resized to exactly size x size, which leaves the array datasets untouched since they
+    are stored at that size. Larger ones follow the ImageNet protocol: resize the short side
+    to size*256/224, then take the central size x size crop.
+    """
+    size = image_size or info.image_size
+    if size <= 96:
+        resize = [transforms.Resize((size, size))]
+    else:
+        resize = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
+    to_tensor = [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
+    return transforms.Compose(resize + to_tensor)
+
+
+class MultiView:
+    """Applies one random transform n times to the same image: n independent views."""
+
+    def __init__(self, transform, n):
+        self.transform = transform
+        self.n = n
+
+    def __call__(self, img):
+        return [self.transform(img) for _ in range(self.n)]  # n tensors [C,H,W]
+
+    def __repr__(self):
+        return f"MultiView(n={self.n}, {self.transform!r})"

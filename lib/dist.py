@@ -1,0 +1,92 @@
+"""torch.distributed plumbing. Works unchanged for `python script.py` (one process, no
+process group) and `torchrun` (reads RANK / WORLD_SIZE / LOCAL_RANK from the environment)."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def setup():
+    """Returns (rank, world_size, device). nccl on GPUs, gloo on CPUs."""
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    return rank, world_size, device
+
+
+def cleanup():
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def is_distributed():
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size():
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank():
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main():
+    return rank() == 0
+
+
+@torch.no_grad()
+def all_gather(x):
+    """[B, ...] on every rank -> [world * B, ...] in rank order, no gradient. B must match across ranks."""
+    if not is_distributed():
+        return x
+    out = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out)
+
+
+def all_gather_uneven(x):
+    """Like all_gather, for ranks holding different numbers of rows."""
+    if not is_distributed():
+        return x
+    n = torch.tensor([x.shape[0]], device=x.device)
+    sizes = all_gather(n).tolist()
+    padded = torch.zeros((max(sizes), *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    chunks = all_gather(padded).split(max(sizes))
+    return torch.cat([c[:s] for c, s in zip(chunks, sizes)])
+
+
+def all_reduce_sum(x):
+    if is_distributed():
+        dist.all_reduce(x)
+    return x
+
+
+def gather_objects(obj):
+    """A picklable object from every rank -> list in rank order (on every rank)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+@torch.no_grad()
+def average_buffers(module):
+    """Average floating-point buffers (BatchNorm running statistics) over processes.
+    DDP keeps each process's running statistics local; averaging them before evaluating or saving
+    means every process holds the same model, and the estimate uses every process's batches."""
+    if not is_distributed():
+        return
+    for buffer in module.buffers():
+        if buffer.is_floating_point():
+            dist.all_reduce(buffer)
+            buffer /= world_size()

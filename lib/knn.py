@@ -1,0 +1,63 @@
+"""Weighted kNN evaluation (NPID's protocol): cosine neighbours vote with weight exp(cos / sigma)."""
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from lib import dist
+
+
+@torch.no_grad()
+def extract_features(embed, dataset, device, batch_size=256, workers=0):
+    """embed(images) -> [B, dim] for every item of dataset, in dataset order: [N, dim] on every rank.
+    Under torch.distributed each rank embeds every world-th item and the pieces are gathered."""
+    rank, world = dist.rank(), dist.world_size()
+    shard = Subset(dataset, range(rank, len(dataset), world))
+    # A private generator: evaluating must not draw from the training run's global RNG.
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
+                        generator=torch.Generator().manual_seed(0))
+    parts = [embed(images.to(device, non_blocking=True)).float() for images, _, _ in loader]
+    mine = torch.cat(parts) if parts else torch.empty(0, 0, device=device)
+    gathered = dist.all_gather_uneven(mine)              # rank 0's items, then rank 1's, ...
+    order = torch.cat([torch.arange(r, len(dataset), world) for r in range(world)])
+    out = torch.empty_like(gathered)
+    out[order.to(gathered.device)] = gathered
+    return out
+
+
+@torch.no_grad()
+def knn_scores(test_features, train_features, train_labels, num_classes, k=200, sigma=0.1, chunk=1024):
+    """Class scores [M, C] for test_features [M, dim] from a bank train_features [N, dim] (both unit length).
+
+    The similarity matrix is built chunk rows at a time, so a million-image bank never needs an
+    M x N matrix in memory: peak is chunk x N.
+    """
+    k = min(k, train_features.shape[0])
+    scores = []
+    for start in range(0, test_features.shape[0], chunk):
+        sim = test_features[start:start + chunk] @ train_features.t()      # [m, N] cosine
+        top_sim, top_idx = sim.topk(k, dim=1)                               # [m, k]
+        weights = (top_sim / sigma).exp()
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+        votes.scatter_add_(1, train_labels[top_idx], weights)               # [m, C]
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_accuracy(test_features, test_labels, train_features, train_labels, num_classes, k=200, sigma=0.1):
+    """(top1, top5) in percent."""
+    scores = knn_scores(test_features, train_features, train_labels, num_classes, k, sigma)
+    ranked = scores.topk(min(5, num_classes), dim=1).indices                 # [M, 5]
+    hits = ranked == test_labels[:, None]
+    top1 = hits[:, 0].float().mean().item() * 100
+    top5 = hits.any(dim=1).float().mean().item() * 100
+    return top1, top5
+
+
+def knn_eval(embed, train_set, test_set, device, k=200, sigma=0.1, batch_size=256, workers=0):
+    """Embed the labelled train set (the bank) and the test set, both with their own (test) transform,
+    and return kNN (top1, top5) in percent."""
+    train_features = extract_features(embed, train_set, device, batch_size, workers)
+    test_features = extract_features(embed, test_set, device, batch_size, workers)
+    train_labels = torch.as_tensor(train_set.targets, device=device)
+    test_labels = torch.as_tensor(test_set.targets, device=device)
+    return knn_accuracy(test_features, test_labels, train_features, train_labels,
+                        train_set.num_classes, k, sigma)

@@ -1,0 +1,134 @@
+"""Backbones and the two CLD heads.
+
+CLDNet = backbone f -> (instance head f_I, group head f_G), both outputs L2-normalised.
+The paper: "instance and group branches share the same model except for the last fc layer".
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+# ---------------------------------------------------------------- backbones
+
+def resnet18_cifar(in_channels=3):
+    """ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool, global average pool.
+    (An ImageNet stem on 32x32 inputs shrinks the map 4x too early and costs several points.)"""
+    net = torchvision.models.resnet18()
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    net.out_dim = 512
+    return net
+
+
+def resnet_imagenet(depth, in_channels=3):
+    """torchvision ResNet-18/50 (ImageNet stem) for 96 px and 224 px inputs; fc removed."""
+    net = getattr(torchvision.models, f"resnet{depth}")()
+    if in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, c_in, c_out, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Identity()
+        if stride != 1 or c_in != c_out:  # projection shortcut ("option B" of He et al.)
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SmallResNet(nn.Module):
+    """He et al.'s CIFAR ResNet-(6n+2): widths 16/32/64, three stages of n blocks.
+    ResNet-20 has 0.27M parameters: the CPU-sized network for quick experiments."""
+
+    def __init__(self, depth=20, in_channels=3):
+        super().__init__()
+        assert (depth - 2) % 6 == 0, "depth must be 6n+2"
+        n = (depth - 2) // 6
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        blocks, c_in = [], 16
+        for stage, c_out in enumerate([16, 32, 64]):
+            for i in range(n):
+                blocks.append(BasicBlock(c_in, c_out, stride=2 if stage > 0 and i == 0 else 1))
+                c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        self.out_dim = 64
+
+    def forward(self, x):
+        x = self.blocks(self.stem(x))          # [B, 64, H/4, W/4]
+        return x.mean(dim=(2, 3))              # global average pool -> [B, 64]
+
+
+ARCHS = ("resnet18_cifar", "resnet20", "resnet32", "resnet56", "resnet18", "resnet50")
+
+
+def build_backbone(arch, in_channels=3):
+    if arch == "resnet18_cifar":
+        return resnet18_cifar(in_channels)
+    if arch in ("resnet20", "resnet32", "resnet56"):
+        return SmallResNet(int(arch[6:]), in_channels)
+    if arch in ("resnet18", "resnet50"):
+        return resnet_imagenet(int(arch[6:]), in_channels)
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+# ---------------------------------------------------------------- heads
+
+class NormLinear(nn.Module):
+    """Bias-free cosine layer: <x/|x|, w_j/|w_j|> for every output unit j."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_out, d_in))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default init
+
+    def forward(self, x):
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))
+
+
+HEADS = ("linear", "normlinear")
+
+
+def build_head(kind, d_in, d_out):
+    if kind == "linear":
+        return nn.Linear(d_in, d_out)
+    if kind == "normlinear":
+        return NormLinear(d_in, d_out)
+    raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
+
+
+class CLDNet(nn.Module):
+    """backbone -> (f_I, f_G), each [B, dim] and unit length."""
+
+    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear"):
+        super().__init__()
+        self.backbone = build_backbone(arch, in_channels)
+        self.instance_head = build_head(instance_head, self.backbone.out_dim, dim)
+        self.group_head = build_head(group_head, self.backbone.out_dim, dim)
+
+    def forward(self, *views):
+        """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim].
+        One call for all views keeps DistributedDataParallel to one forward per step, while every
+        view still gets its own BatchNorm statistics, as in the authors' code."""
+        out = []
+        for x in views:
+            h = self.backbone(x)                                           # [B, out_dim]
+            out.append((F.normalize(self.instance_head(h), dim=1),        # f_I [B, dim]
+                        F.normalize(self.group_head(h), dim=1)))          # f_G [B, dim]
+        return out
+
+    def embed(self, x):
+        """The evaluation feature: normalised f_I (SPEC §3)."""
+        return F.normalize(self.instance_head(self.backbone(x)), dim=1)

@@ -1,0 +1,14 @@
+"""Run by tests under torchrun: trains, then writes this process's memory bank and weights."""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from train_cld import main, parse_args  # noqa: E402
+
+if __name__ == "__main__":
+    args = parse_args()
+    model, memory = main(args)
+    rank = int(os.environ.get("RANK", 0))
+    torch.save({"bank": memory.bank, "model": model.state_dict()}, os.path.join(args.out, f"rank{rank}.pt"))

@@ -1,0 +1,139 @@
+"""Tiny datasets written in the exact on-disk formats of the real ones.
+
+The pixels encode the label and the geometry so that tests can check both:
+- CIFAR: red = 2 * label, green = 8 * row (darker at the top), blue = noise.
+- STL-10: red = 20 * label (250 for unlabeled images), green = 255 - 2 * row (row r is
+  brighter than row r + 1), blue = noise.
+- Fashion-MNIST: pixel = 20 * label + row.
+- image folders: red = 40 * class index, green = row, blue = noise.
+Every writer returns the folder to pass to lib.data.load_dataset as root.
+"""
+import gzip
+import os
+import pickle
+
+import numpy as np
+from PIL import Image
+
+
+def balanced_labels(n, num_classes, rng):
+    # Every class appears (when n allows), in a shuffled order.
+    return rng.permutation(np.arange(n) % num_classes)
+
+
+def rows_like(n, height, width):
+    return np.broadcast_to(np.arange(height)[None, :, None], (n, height, width))
+
+
+def cifar_images(labels, rng):
+    n = len(labels)
+    red = np.broadcast_to(2 * labels[:, None, None], (n, 32, 32))
+    green = 8 * rows_like(n, 32, 32)
+    blue = rng.randint(0, 256, size=(n, 32, 32))
+    return np.stack([red, green, blue], axis=-1).astype(np.uint8)  # [N,32,32,3]
+
+
+def write_cifar_batch(path, labels, label_key, rng, str_keys=False):
+    images = cifar_images(labels, rng)
+    batch = {
+        b"batch_label": b"fixture",
+        b"data": images.transpose(0, 3, 1, 2).reshape(len(labels), 3072),  # R plane, G, B
+        label_key: [int(y) for y in labels],
+        b"filenames": [b"img_%d.png" % i for i in range(len(labels))],
+    }
+    if str_keys:
+        batch = {k.decode(): v for k, v in batch.items()}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)  # what a Python-2 writer produces
+
+
+def write_cifar10(root, n_train_per_batch=10, n_test=10, seed=0, str_keys=False):
+    rng = np.random.RandomState(seed)
+    folder = os.path.join(root, "cifar-10-batches-py")
+    os.makedirs(folder, exist_ok=True)
+    for i in range(1, 6):
+        write_cifar_batch(os.path.join(folder, f"data_batch_{i}"),
+                          balanced_labels(n_train_per_batch, 10, rng), b"labels", rng, str_keys)
+    write_cifar_batch(os.path.join(folder, "test_batch"),
+                      balanced_labels(n_test, 10, rng), b"labels", rng, str_keys)
+    with open(os.path.join(folder, "batches.meta"), "wb") as f:
+        pickle.dump({b"label_names": [b"class_%d" % i for i in range(10)]}, f, protocol=2)
+    return str(root)
+
+
+def write_cifar100(root, n_train=200, n_test=100, seed=0, str_keys=False):
+    rng = np.random.RandomState(seed)
+    folder = os.path.join(root, "cifar-100-python")
+    os.makedirs(folder, exist_ok=True)
+    write_cifar_batch(os.path.join(folder, "train"),
+                      balanced_labels(n_train, 100, rng), b"fine_labels", rng, str_keys)
+    write_cifar_batch(os.path.join(folder, "test"),
+                      balanced_labels(n_test, 100, rng), b"fine_labels", rng, str_keys)
+    with open(os.path.join(folder, "meta"), "wb") as f:
+        pickle.dump({b"fine_label_names": [b"class_%d" % i for i in range(100)]}, f, protocol=2)
+    return str(root)
+
+
+def stl_images(red, rng):
+    n = len(red)
+    red = np.broadcast_to(np.asarray(red)[:, None, None], (n, 96, 96))
+    green = 255 - 2 * rows_like(n, 96, 96)
+    blue = rng.randint(0, 256, size=(n, 96, 96))
+    return np.stack([red, green, blue], axis=-1).astype(np.uint8)  # [N,96,96,3]
+
+
+def write_stl_images(path, images):
+    # [N,H,W,C] -> [N,C,W,H]: one channel at a time, each plane column by column.
+    with open(path, "wb") as f:
+        f.write(np.ascontiguousarray(images.transpose(0, 3, 2, 1)).tobytes())
+
+
+def write_stl10(root, n_train=20, n_unlabeled=30, n_test=20, seed=0):
+    rng = np.random.RandomState(seed)
+    folder = os.path.join(root, "stl10_binary")
+    os.makedirs(folder, exist_ok=True)
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = balanced_labels(n, 10, rng)
+        write_stl_images(os.path.join(folder, f"{split}_X.bin"), stl_images(20 * labels, rng))
+        (labels + 1).astype(np.uint8).tofile(os.path.join(folder, f"{split}_y.bin"))  # 1..10
+    write_stl_images(os.path.join(folder, "unlabeled_X.bin"),
+                     stl_images(np.full(n_unlabeled, 250), rng))
+    return str(root)
+
+
+def write_idx(path, array, magic):
+    """An idx file (gzipped when path ends in .gz): >u4 magic, >u4 sizes, then the bytes."""
+    header = np.array([magic, *array.shape], dtype=">u4").tobytes()
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
+
+
+def write_fashion_mnist(root, n_train=30, n_test=20, seed=0, gz=True):
+    rng = np.random.RandomState(seed)
+    os.makedirs(root, exist_ok=True)
+    end = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = balanced_labels(n, 10, rng)
+        images = 20 * labels[:, None, None] + rows_like(n, 28, 28)  # [N,28,28]
+        write_idx(os.path.join(root, f"{prefix}-images-idx3-ubyte{end}"), images, 2051)
+        write_idx(os.path.join(root, f"{prefix}-labels-idx1-ubyte{end}"), labels, 2049)
+    return str(root)
+
+
+def write_imagefolder(root, classes=3, n_per_class=4, size=40, splits=("train", "val"), seed=0):
+    """PNG files in root/<split>/<class>/; classes is a count or a list of folder names."""
+    rng = np.random.RandomState(seed)
+    names = [f"class_{i}" for i in range(classes)] if isinstance(classes, int) else list(classes)
+    width, height = (size, size) if isinstance(size, int) else size
+    for split in splits:
+        for c, name in enumerate(sorted(names)):
+            folder = os.path.join(root, split, name)
+            os.makedirs(folder, exist_ok=True)
+            for k in range(n_per_class):
+                red = np.full((height, width), 40 * c)
+                green = np.broadcast_to(np.arange(height)[:, None], (height, width))
+                blue = rng.randint(0, 256, size=(height, width))
+                pixels = np.stack([red, green, blue], axis=-1).astype(np.uint8)
+                Image.fromarray(pixels).save(os.path.join(folder, f"img_{k}.png"))
+    return str(root)

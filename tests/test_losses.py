@@ -1,0 +1,81 @@
+"""Both losses against examples worked out by hand."""
+import math
+
+import pytest
+import torch
+
+from lib.losses import cld_loss, cld_terms, npid_loss
+from lib.memory import MemoryBank
+
+
+def ce(logits, target):
+    """Cross-entropy of one row of logits, by hand."""
+    return -logits[target] + math.log(sum(math.exp(z) for z in logits))
+
+
+def test_npid_loss_full_softmax_by_hand():
+    memory = MemoryBank(3, dim=2)
+    memory.bank.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    f = torch.tensor([[0.6, 0.8], [1.0, 0.0]])
+    t = 0.5
+    # f0 . V = (0.6, 0.8, -0.6), target row 0; f1 . V = (1, 0, -1), target row 2
+    expected = (ce([1.2, 1.6, -1.2], 0) + ce([2.0, 0.0, -2.0], 2)) / 2
+    assert npid_loss(f, torch.tensor([0, 2]), memory, t).item() == pytest.approx(expected, rel=1e-6)
+
+
+# Four images, two 2-D group features each, K = 2, spherical k-means seeded with the first two rows.
+#
+# View 1: a=(1,0) b=(.8,.6) c=(0,1) d=(.6,.8). Seeds a, b. c: cos(a)=0 < cos(b)=.6 -> group 1;
+#   d: .6 < .96 -> group 1. Groups {a}, {b,c,d}; M1 = [(1,0), normalise(1.4, 2.4) = (.50387, .86377)].
+#   Re-assigning b: cos(M1_0)=.8 < cos(M1_1)=.92136, so nothing moves: G1 = [0, 1, 1, 1].
+# View 2: a'=(0,1) b'=(1,0) c'=(.8,.6) d'=(.6,.8). Seeds a', b'. c': .6 < .8 -> 1; d': .8 > .6 -> 0.
+#   M2 = [normalise(.6, 1.8) = (.31623, .94868), normalise(1.8, .6) = (.94868, .31623)], stable: G2 = [0, 1, 1, 0].
+G1_VIEW = [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, 0.8]]
+G2_VIEW = [[0.0, 1.0], [1.0, 0.0], [0.8, 0.6], [0.6, 0.8]]
+M1 = [(1.0, 0.0), (1.4 / math.hypot(1.4, 2.4), 2.4 / math.hypot(1.4, 2.4))]
+M2 = [(0.6 / math.hypot(0.6, 1.8), 1.8 / math.hypot(0.6, 1.8)), (1.8 / math.hypot(0.6, 1.8), 0.6 / math.hypot(0.6, 1.8))]
+G1, G2 = [0, 1, 1, 1], [0, 1, 1, 0]
+
+
+def hand_cld(t):
+    dot = lambda u, v: u[0] * v[0] + u[1] * v[1]
+    # view-1 features against view-2 centroids must find view 2's groups, and the other way round
+    forward = [ce([dot(g, m) / t for m in M2], G2[i]) for i, g in enumerate(G1_VIEW)]
+    backward = [ce([dot(g, m) / t for m in M1], G1[i]) for i, g in enumerate(G2_VIEW)]
+    return (sum(forward) + sum(backward)) / 8
+
+
+@pytest.mark.parametrize("t", [0.2, 0.5, 1.0])
+def test_cld_loss_four_samples_by_hand(t):
+    loss = cld_loss(torch.tensor(G1_VIEW), torch.tensor(G2_VIEW), k=2, temperature=t, iters=5)
+    assert loss.item() == pytest.approx(hand_cld(t), rel=1e-5)
+
+
+def test_group_accuracy_by_hand():
+    # argmax of view 1 vs M2: a->1 (want 0), b->1 (1 ok), c->0 (want 1), d->0 (0 ok);
+    # view 2 vs M1: a'->1 (want 0), b'->0 (want 1), c'->1 ok, d'->1 ok. 4 of 8.
+    _, acc = cld_terms(torch.tensor(G1_VIEW), torch.tensor(G2_VIEW), k=2, temperature=0.2)
+    assert acc.item() == pytest.approx(0.5)
+
+
+def test_cld_gradient_reaches_both_views_through_centroids():
+    g1 = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    g2 = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).requires_grad_()
+    cld_loss(g1, g2, k=4, temperature=0.2).backward()
+    assert g1.grad.abs().sum() > 0 and g2.grad.abs().sum() > 0
+
+
+def test_cld_with_k_at_least_batch_is_cross_view_instance_contrast():
+    # Every image is its own group: the loss becomes CE(g1 g2^T / t, i) both ways.
+    g1 = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    g2 = torch.nn.functional.normalize(torch.randn(6, 4), dim=1)
+    target = torch.arange(6)
+    expected = (torch.nn.functional.cross_entropy(g1 @ g2.t() / 0.3, target)
+                + torch.nn.functional.cross_entropy(g2 @ g1.t() / 0.3, target)) / 2
+    assert cld_loss(g1, g2, k=10, temperature=0.3).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_spectral_method_runs_through_cld():
+    g = torch.nn.functional.normalize(torch.randn(2, 32, 8), dim=2)
+    loss = cld_loss(g[0], g[1], k=4, temperature=0.2, method="spectral")
+    assert torch.isfinite(loss)

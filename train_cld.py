@@ -1,0 +1,304 @@
+"""Self-supervised training with an instance-level loss (NPID's memory bank) plus CLD.
+
+    python train_cld.py --dataset digits --out runs/digits              # one process, CPU or GPU
+    torchrun --nproc_per_node=8 train_cld.py --dataset cifar10 --data ROOT --out runs/c10
+
+Defaults are the authors' CIFAR-10 NPID+CLD setting; --lam 0 is the NPID baseline.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from lib import checkpoint, dist
+from lib.checkpoint import CheckpointError
+from lib.data import DATASET_NAMES, DatasetError, MultiView, dataset_info, load_dataset, test_transform, train_transform
+from lib.knn import knn_eval
+from lib.losses import cld_terms, npid_loss
+from lib.memory import MemoryBank
+from lib.models import ARCHS, HEADS, CLDNet
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="digits is bundled with scikit-learn and needs no download")
+    p.add_argument("--data", default=None, help="dataset root folder (README, Datasets)")
+    p.add_argument("--out", required=True, help="run folder: config.json, metrics.jsonl, last.pth")
+    p.add_argument("--arch", default=None, choices=ARCHS, help="default: the dataset's (CIFAR ResNet-18 for 32 px data, ResNet-50 for ImageNet)")
+    p.add_argument("--image-size", type=int, default=None, help="default: the dataset's native size")
+    # optimisation (SPEC §2: the authors' CIFAR scripts)
+    p.add_argument("--epochs", type=int, default=200, help="200 for CIFAR (paper)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes (authors: 256)")
+    p.add_argument("--lr", type=float, default=0.03, help="base lr for batch 128; the run uses lr * batch/128 (authors)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--wd", type=float, default=7e-4, help="weight decay (authors' CIFAR NPID+CLD script; the supplementary says 1e-4)")
+    p.add_argument("--warmup-epochs", type=int, default=5, help="linear warmup from lr/100, then per-iteration cosine")
+    p.add_argument("--min-lr", type=float, default=1e-6, help="where the cosine ends")
+    # instance branch (NPID)
+    p.add_argument("--dim", type=int, default=128, help="width of both heads")
+    p.add_argument("--ins-t", type=float, default=0.1, help="T_I, the instance temperature; also the kNN sigma")
+    p.add_argument("--bank-momentum", type=float, default=0.5, help="m of the memory-bank update (NPID)")
+    p.add_argument("--instance-head", default="linear", choices=HEADS, help="Linear for NPID+CLD (authors)")
+    # group branch (CLD)
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the CLD loss; 0 trains plain NPID")
+    p.add_argument("--clusters", type=int, default=128, help="K groups per view per batch (128 for CIFAR-10, 200 for CIFAR-100)")
+    p.add_argument("--cld-t", type=float, default=0.2, help="T_G, the cross-level temperature (paper: 0.2)")
+    p.add_argument("--group-head", default="linear", choices=HEADS)
+    p.add_argument("--kmeans-iters", type=int, default=5, help="EM iterations per step (authors: 5)")
+    p.add_argument("--kmeans", default="spherical", choices=["spherical", "euclidean"],
+                   help="spherical: the paper's; euclidean: the authors' code (unnormalised means, zero centroid when empty)")
+    p.add_argument("--kmeans-init", default="first", choices=["first", "kmeans++"], help="first K rows of the batch (authors) or k-means++")
+    p.add_argument("--cluster-method", default="kmeans", choices=["kmeans", "spectral"], help="supplementary §3")
+    # data
+    p.add_argument("--aug", default="default", choices=["default", "aug-plus"], help="SPEC §2 recipes")
+    p.add_argument("--erasing", action="store_true", help="RandomErasing on every view")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    # bookkeeping
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--knn-every", type=int, default=1, help="kNN monitor every N epochs (authors: every epoch); 0: only after the last")
+    p.add_argument("--knn-k", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=0, help="also keep epoch_N.pth every N epochs")
+    p.add_argument("--resume", default=None, help="a checkpoint to continue from (last.pth or epoch_N.pth)")
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    args = p.parse_args(argv)
+    for name in ("epochs", "batch_size", "clusters", "kmeans_iters", "dim", "knn_k"):
+        if getattr(args, name) <= 0:
+            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
+    if args.lam < 0 or args.ins_t <= 0 or args.cld_t <= 0:
+        p.error("--lam must be >= 0 and the temperatures > 0")
+    return args
+
+
+class EpochSampler(Sampler):
+    """This process's share of a fresh permutation every epoch.
+
+    The permutation depends only on (seed, epoch), the tail that does not fill a global batch is
+    dropped (a 5-image batch would make k-means meaningless), and global batch s is the block
+    perm[s*B : (s+1)*B] whatever the number of processes. start_step skips batches already trained,
+    which is how a run resumes in the middle of an epoch.
+    """
+
+    def __init__(self, size, batch_per_rank, rank, world, seed):
+        self.size, self.batch, self.rank, self.world, self.seed = size, batch_per_rank, rank, world, seed
+        self.steps_per_epoch = size // (batch_per_rank * world)
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch, start_step=0):
+        self.epoch, self.start_step = epoch, start_step
+
+    def __iter__(self):
+        perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        mine = perm[: self.steps_per_epoch * self.batch * self.world][self.rank::self.world]
+        return iter(mine[self.start_step * self.batch:].tolist())
+
+    def __len__(self):
+        return (self.steps_per_epoch - self.start_step) * self.batch
+
+
+def lr_at(step, steps_per_epoch, peak_lr, args):
+    """Linear warmup from peak/100, then per-iteration cosine down to --min-lr."""
+    warmup = args.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return peak_lr / 100 + (peak_lr - peak_lr / 100) * step / warmup
+    progress = (step - warmup) / max(1, args.epochs * steps_per_epoch - warmup)
+    return args.min_lr + 0.5 * (peak_lr - args.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def rng_state():
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+METRICS = ("loss", "loss_ins", "loss_cld", "group_acc")
+
+
+def train_step(model, memory, views, indices, optimizer, scaler, autocast, args):
+    """One optimisation step on a batch of two views. Returns the step's metrics as tensors."""
+    with autocast:
+        (f1, g1), (f2, g2) = model(*views)                                  # each [B, dim]
+        loss_ins = (npid_loss(f1, indices, memory, args.ins_t) + npid_loss(f2, indices, memory, args.ins_t)) / 2
+        if args.lam > 0:
+            loss_cld, group_acc = cld_terms(g1, g2, args.clusters, args.cld_t, args.kmeans_iters,
+                                            method=args.cluster_method, **kmeans_options(args))
+        else:
+            loss_cld = group_acc = torch.zeros((), device=f1.device)
+        loss = loss_ins + args.lam * loss_cld
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    # The bank moves only after the step, outside autograd, with the features this step computed.
+    memory.update(indices, f1.detach(), f2.detach())
+    return torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
+
+
+def ignore_sigint(worker_id):
+    """DataLoader workers ignore Ctrl-C: the main process saves a checkpoint and shuts them down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def kmeans_options(args):
+    if args.cluster_method == "spectral":
+        return {}
+    return {"spherical": args.kmeans == "spherical", "init": args.kmeans_init}
+
+
+def main(args):
+    """Train; returns the model and the memory bank (for callers that import this script)."""
+    rank, world, device = dist.setup()
+    info = dataset_info(args.dataset)
+    args.arch = args.arch or info.default_arch
+    args.image_size = args.image_size or info.image_size
+    if args.batch_size % world:
+        raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} processes")
+    batch_per_rank = args.batch_size // world
+    peak_lr = args.lr * args.batch_size / 128
+    if args.lam > 0 and args.clusters >= batch_per_rank:
+        print(f"warning: --clusters {args.clusters} >= {batch_per_rank} images per process: every image becomes its own "
+              "group and CLD degenerates into a cross-view instance contrast within the batch (SPEC §1)", file=sys.stderr)
+    if not args.resume and os.path.exists(os.path.join(args.out, "last.pth")):
+        raise SystemExit(f"error: {args.out} already holds a run; continue it with --resume {args.out}/last.pth or pick another --out")
+
+    # ---- data
+    pretrain_set = load_dataset(args.dataset, args.data, "pretrain",
+                                MultiView(train_transform(info, args.aug, args.erasing, args.image_size), 2))
+    knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
+    knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
+    sampler = EpochSampler(len(pretrain_set), batch_per_rank, rank, world, args.seed)
+    if sampler.steps_per_epoch == 0:
+        raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")
+    loader_rng = torch.Generator()  # seeds the loader's workers; re-seeded each epoch so resuming replays them
+    loader = DataLoader(pretrain_set, batch_size=batch_per_rank, sampler=sampler, num_workers=args.workers,
+                        pin_memory=device.type == "cuda", drop_last=True, generator=loader_rng,
+                        worker_init_fn=ignore_sigint)
+
+    # ---- model, bank, optimiser: identical initial values on every process
+    torch.manual_seed(args.seed)
+    raw_model = CLDNet(args.arch, info.channels, args.dim, args.instance_head, args.group_head).to(device)
+    memory = MemoryBank(len(pretrain_set), args.dim, args.bank_momentum).to(device)
+    optimizer = torch.optim.SGD(raw_model.parameters(), lr=peak_lr, momentum=args.momentum, weight_decay=args.wd)
+    precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                if precision in ("bf16", "fp16") else contextlib.nullcontext())
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    start_epoch, start_step, sums = 0, 0, torch.zeros(len(METRICS), device=device)
+    if args.resume:
+        ckpt = checkpoint.load(args.resume, device)
+        for key in ("dataset", "arch", "dim", "instance_head", "group_head"):
+            if ckpt["config"][key] != getattr(args, key):
+                raise CheckpointError(f"{args.resume} was trained with --{key.replace('_', '-')} {ckpt['config'][key]}, "
+                                      f"this run asks for {getattr(args, key)}")
+        checkpoint.load_model_state(raw_model, ckpt["model"], args.resume)
+        memory.load_state_dict(ckpt["memory"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scaler.load_state_dict(ckpt["scaler"])
+        start_epoch, start_step, sums = ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device)
+    model = torch.compile(raw_model) if args.compile else raw_model
+    if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                        find_unused_parameters=args.lam == 0)
+    torch.manual_seed(args.seed + rank)  # from here on each process draws its own augmentations
+    np.random.seed(args.seed + rank)
+    random.seed(args.seed + rank)
+    if args.resume:
+        states = ckpt["rng"]
+        if len(states) != world:
+            print(f"warning: resuming {len(states)}-process RNG state on {world} processes: not bit-exact", file=sys.stderr)
+        set_rng_state(states[rank % len(states)])
+
+    if rank == 0:
+        os.makedirs(args.out, exist_ok=True)
+        checkpoint.write_json_atomic({**vars(args), "world_size": world, "peak_lr": peak_lr,
+                                      "batch_per_process": batch_per_rank, "precision": precision}, os.path.join(args.out, "config.json"))
+
+    # SIGINT / SIGTERM: finish the current step, save, exit. Every process must stop at the same step,
+    # so the flag is summed over processes after each step.
+    stop_signal = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+
+    def save(path, epoch, step):
+        states = dist.gather_objects(rng_state())  # every process's RNG, so a multi-process resume is exact too
+        if rank == 0:
+            checkpoint.save_atomic({"config": vars(args), "model": raw_model.state_dict(), "memory": memory.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                    "epoch": epoch, "step": step, "sums": sums.cpu(), "rng": states}, path)
+
+    # ---- training loop
+    steps = sampler.steps_per_epoch
+    for epoch in range(start_epoch, args.epochs):
+        model.train()
+        sampler.set_epoch(epoch, start_step)
+        loader_rng.manual_seed(hash((args.seed, rank, epoch)) & 0xFFFFFFFF)
+        lr = lr_at(epoch * steps + start_step, steps, peak_lr, args)
+        started = time.time()
+        bar = tqdm(loader, total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
+                   disable=rank != 0, leave=False, dynamic_ncols=True)
+        for step, (views, _, indices) in enumerate(bar, start=start_step):
+            lr = lr_at(epoch * steps + step, steps, peak_lr, args)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            views = [v.to(device, non_blocking=True) for v in views]
+            sums += train_step(model, memory, views, indices.to(device, non_blocking=True), optimizer, scaler, autocast, args)
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.3f}", lr=f"{lr:.4f}")
+            if dist.all_reduce_sum(torch.tensor([float(bool(stop_signal))], device=device)).item() > 0:
+                save(os.path.join(args.out, "last.pth"), epoch, step + 1)
+                if rank == 0:
+                    print(f"stopped by signal after epoch {epoch} step {step + 1}; resume with --resume {args.out}/last.pth", file=sys.stderr)
+                dist.cleanup()
+                sys.exit(128 + (stop_signal[0] if stop_signal else signal.SIGTERM))
+        train_seconds = time.time() - started
+        n_steps_run = steps - start_step
+        start_step = 0
+
+        dist.average_buffers(raw_model)
+        record = {"epoch": epoch + 1, "lr": lr}
+        record.update(zip(METRICS, (dist.all_reduce_sum(sums) / (steps * world)).tolist()))
+        if (args.knn_every and (epoch + 1) % args.knn_every == 0) or epoch + 1 == args.epochs:
+            raw_model.eval()
+            with autocast:
+                record["knn_top1"], record["knn_top5"] = knn_eval(raw_model.embed, knn_train, knn_test, device,
+                                                                  args.knn_k, args.ins_t, workers=args.workers)
+        record["images_per_s"] = n_steps_run * args.batch_size / train_seconds
+        record["seconds"] = time.time() - started
+        sums.zero_()
+        save(os.path.join(args.out, "last.pth"), epoch + 1, 0)
+        if args.save_every and (epoch + 1) % args.save_every == 0:
+            save(os.path.join(args.out, f"epoch_{epoch + 1}.pth"), epoch + 1, 0)
+        if rank == 0:
+            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(record) + "\n")
+            tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+    dist.cleanup()
+    return raw_model, memory
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    try:
+        main(args)
+    except (DatasetError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
