@@ -45,6 +45,7 @@ INFO = {
     "stl10": DatasetInfo(3, 96, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "imagefolder": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet18"),
     "imagenet": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet50"),
+    "synthetic": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
 }
 DATASET_NAMES = tuple(INFO)
 SPLITS = ("pretrain", "train", "test")
@@ -132,6 +133,14 @@ def load_digits_arrays(split):
                                    stratify=labels, random_state=0)
     keep = test if split == "test" else train
     return images[keep], labels[keep]
+
+
+# synthetic: random pixels, for measuring speed without any dataset on disk.
+
+def synthetic_arrays(split, size=32):
+    n = 512 if split == "test" else 5120
+    rng = np.random.RandomState(1 if split == "test" else 0)
+    return rng.randint(0, 256, (n, size, size, 3), dtype=np.uint8), rng.randint(0, 10, n)
 
 
 # fashion-mnist: idx files, big-endian header (magic, sizes), then raw uint8.
@@ -336,6 +345,9 @@ def load_dataset(name, root, split, transform=None):
         raise DatasetError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if name == "digits":
         images, labels = load_digits_arrays(split)
+        return ArrayDataset(images, labels, 10, transform)
+    if name == "synthetic":
+        images, labels = synthetic_arrays(split)
         return ArrayDataset(images, labels, 10, transform)
     root = root if root is not None else default_root(name)
     if root is None:
