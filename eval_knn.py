@@ -18,7 +18,7 @@ from lib import checkpoint, dist
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, dataset_info, load_dataset, test_transform
 from lib.knn import knn_eval
-from lib.models import CLDNet
+from lib.models import build_model
 
 
 def parse_args(argv=None):
@@ -45,7 +45,7 @@ def main(args):
     train_set = load_dataset(config["dataset"], root, "train", test_transform(info, config["image_size"]))
     test_set = load_dataset(config["dataset"], root, "test", test_transform(info, config["image_size"]))
 
-    model = CLDNet(config["arch"], info.channels, config["dim"], config["instance_head"], config["group_head"])
+    model = build_model(config, info.channels)
     checkpoint.load_model_state(model, ckpt["model"], args.ckpt)
     model.to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()

@@ -27,7 +27,7 @@ from lib.data import DATASET_NAMES, DatasetError, MultiView, dataset_info, load_
 from lib.knn import knn_eval
 from lib.losses import cld_terms, npid_loss
 from lib.memory import MemoryBank
-from lib.models import ARCHS, HEADS, CLDNet
+from lib.models import ARCHS, HEADS, build_model
 
 
 def parse_args(argv=None):
@@ -196,7 +196,7 @@ def main(args):
 
     # ---- model, bank, optimiser: identical initial values on every process
     torch.manual_seed(args.seed)
-    raw_model = CLDNet(args.arch, info.channels, args.dim, args.instance_head, args.group_head).to(device)
+    raw_model = build_model(vars(args), info.channels).to(device)
     memory = MemoryBank(len(pretrain_set), args.dim, args.bank_momentum).to(device)
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=peak_lr, momentum=args.momentum, weight_decay=args.wd)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")

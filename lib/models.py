@@ -132,3 +132,8 @@ class CLDNet(nn.Module):
     def embed(self, x):
         """The evaluation feature: normalised f_I (SPEC §3)."""
         return F.normalize(self.instance_head(self.backbone(x)), dim=1)
+
+
+def build_model(config, in_channels):
+    """The network a run trained, from its config (a checkpoint's "config" entry or train_cld.py's args)."""
+    return CLDNet(config["arch"], in_channels, config["dim"], config["instance_head"], config["group_head"])
