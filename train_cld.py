@@ -27,7 +27,36 @@ from lib.data import DATASET_NAMES, DatasetError, MultiView, dataset_info, load_
 from lib.knn import knn_eval
 from lib.losses import cld_terms, npid_loss
 from lib.memory import MemoryBank
+from lib.moco import MomentumEncoder
 from lib.models import ARCHS, HEADS, build_model
+
+
+# The authors' settings (SPEC §2). A flag left unset takes its value from the recipe that fits the run:
+# NPID+CLD (any dataset), MoCo+CLD on small images (their CIFAR-10 script), MoCo v2+CLD on ImageNet
+# (their ImageNet script: lr 0.2 at batch 512 is base 0.05 per 128 images, no warm-up). On ImageNet the
+# kNN monitor only runs after the last epoch: re-embedding 1.28M images every epoch costs a third of one.
+RECIPES = {
+    "npid": dict(batch_size=256, lr=0.03, wd=7e-4, warmup_epochs=5, clusters=128, lam=1.0, ins_t=0.1, cld_t=0.2,
+                 instance_head="linear", group_head="linear", mlp=False, aug="default", erasing=False, queue=0, knn_every=1),
+    "moco": dict(batch_size=256, lr=0.03, wd=8e-4, warmup_epochs=5, clusters=200, lam=0.8, ins_t=0.07, cld_t=0.2,
+                 instance_head="normlinear", group_head="normlinear", mlp=False, aug="aug-plus", erasing=True, queue=12288,
+                 knn_every=1),
+    "moco-imagenet": dict(batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=0, clusters=120, lam=0.25, ins_t=0.2, cld_t=0.4,
+                          instance_head="normlinear", group_head="normlinear", mlp=True, aug="aug-plus", erasing=False,
+                          queue=65536, knn_every=0),
+}
+
+
+def recipe_name(args):
+    if not args.moco:
+        return "npid"
+    return "moco-imagenet" if args.dataset in ("imagenet", "imagenet100") else "moco"
+
+
+def from_recipes(name):
+    """Help text listing a flag's default under each recipe."""
+    values = {r: RECIPES[r][name] for r in RECIPES}
+    return "default " + ", ".join(f"{v} ({r})" for r, v in values.items())
 
 
 def parse_args(argv=None):
@@ -37,43 +66,53 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="run folder: config.json, metrics.jsonl, last.pth")
     p.add_argument("--arch", default=None, choices=ARCHS, help="default: the dataset's (CIFAR ResNet-18 for 32 px data, ResNet-50 for ImageNet)")
     p.add_argument("--image-size", type=int, default=None, help="default: the dataset's native size")
-    # optimisation (SPEC §2: the authors' CIFAR scripts)
-    p.add_argument("--epochs", type=int, default=200, help="200 for CIFAR (paper)")
-    p.add_argument("--batch-size", type=int, default=256, help="global batch over all processes (authors: 256)")
-    p.add_argument("--lr", type=float, default=0.03, help="base lr for batch 128; the run uses lr * batch/128 (authors)")
+    # optimisation
+    p.add_argument("--epochs", type=int, default=200, help="200 for CIFAR and ImageNet (paper)")
+    p.add_argument("--batch-size", type=int, help="global batch over all processes; " + from_recipes("batch_size"))
+    p.add_argument("--lr", type=float, help="base lr for batch 128; the run uses lr * batch/128 (authors); " + from_recipes("lr"))
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--wd", type=float, default=7e-4, help="weight decay (authors' CIFAR NPID+CLD script; the supplementary says 1e-4)")
-    p.add_argument("--warmup-epochs", type=int, default=5, help="linear warmup from lr/100, then per-iteration cosine")
+    p.add_argument("--wd", type=float, help="weight decay; " + from_recipes("wd") + " (the supplementary says 1e-4 throughout)")
+    p.add_argument("--warmup-epochs", type=int, help="linear warmup from lr/100, then per-iteration cosine; " + from_recipes("warmup_epochs"))
     p.add_argument("--min-lr", type=float, default=1e-6, help="where the cosine ends")
-    # instance branch (NPID)
+    p.add_argument("--aug", choices=["default", "aug-plus"], help="SPEC §2 recipes; " + from_recipes("aug"))
+    p.add_argument("--erasing", action=argparse.BooleanOptionalAction, help="RandomErasing on every view; " + from_recipes("erasing"))
+    # instance branch: NPID's memory bank, or MoCo's momentum encoder and queue
+    p.add_argument("--moco", action="store_true", help="MoCo instead of NPID as the instance-level partner (CLDm)")
     p.add_argument("--dim", type=int, default=128, help="width of both heads")
-    p.add_argument("--ins-t", type=float, default=0.1, help="T_I, the instance temperature; also the kNN sigma")
+    p.add_argument("--ins-t", type=float, help="T_I, the instance temperature, also the kNN sigma; " + from_recipes("ins_t"))
+    p.add_argument("--instance-head", choices=HEADS, help=from_recipes("instance_head"))
+    p.add_argument("--mlp", action=argparse.BooleanOptionalAction, help="MoCo v2's hidden layer shared by both heads; " + from_recipes("mlp"))
     p.add_argument("--bank-momentum", type=float, default=0.5, help="m of the memory-bank update (NPID)")
-    p.add_argument("--instance-head", default="linear", choices=HEADS, help="Linear for NPID+CLD (authors)")
+    p.add_argument("--queue", type=int, help="MoCo queue length: 12288 CIFAR-10, 4096 CIFAR-100, 65536 ImageNet; " + from_recipes("queue"))
+    p.add_argument("--moco-momentum", type=float, default=0.999, help="alpha of the key encoder's EMA (MoCo)")
+    p.add_argument("--sync-bn", action="store_true", help="SyncBatchNorm in the online network (several processes only)")
     # group branch (CLD)
-    p.add_argument("--lam", type=float, default=1.0, help="weight of the CLD loss; 0 trains plain NPID")
-    p.add_argument("--clusters", type=int, default=128, help="K groups per view per batch (128 for CIFAR-10, 200 for CIFAR-100)")
-    p.add_argument("--cld-t", type=float, default=0.2, help="T_G, the cross-level temperature (paper: 0.2)")
-    p.add_argument("--group-head", default="linear", choices=HEADS)
+    p.add_argument("--lam", type=float, help="weight of the CLD loss, 0 trains the plain partner; " + from_recipes("lam"))
+    p.add_argument("--clusters", type=int, help="K groups per view per batch (200 for CIFAR-100 NPID+CLD); " + from_recipes("clusters"))
+    p.add_argument("--cld-t", type=float, help="T_G, the cross-level temperature; " + from_recipes("cld_t"))
+    p.add_argument("--group-head", choices=HEADS, help=from_recipes("group_head"))
+    p.add_argument("--gather-groups", action="store_true",
+                   help="cluster the batch gathered from all processes instead of each process's share (authors: per process)")
     p.add_argument("--kmeans-iters", type=int, default=5, help="EM iterations per step (authors: 5)")
     p.add_argument("--kmeans", default="spherical", choices=["spherical", "euclidean"],
                    help="spherical: the paper's; euclidean: the authors' code (unnormalised means, zero centroid when empty)")
     p.add_argument("--kmeans-init", default="first", choices=["first", "kmeans++"], help="first K rows of the batch (authors) or k-means++")
     p.add_argument("--cluster-method", default="kmeans", choices=["kmeans", "spectral"], help="supplementary §3")
-    # data
-    p.add_argument("--aug", default="default", choices=["default", "aug-plus"], help="SPEC §2 recipes")
-    p.add_argument("--erasing", action="store_true", help="RandomErasing on every view")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
     # bookkeeping
+    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--knn-every", type=int, default=1, help="kNN monitor every N epochs (authors: every epoch); 0: only after the last")
+    p.add_argument("--knn-every", type=int, help="kNN monitor every N epochs, 0: only after the last; " + from_recipes("knn_every"))
     p.add_argument("--knn-k", type=int, default=200)
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_N.pth every N epochs")
     p.add_argument("--resume", default=None, help="a checkpoint to continue from (last.pth or epoch_N.pth)")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = p.parse_args(argv)
-    for name in ("epochs", "batch_size", "clusters", "kmeans_iters", "dim", "knn_k"):
+    args.recipe = recipe_name(args)
+    for name, value in RECIPES[args.recipe].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    for name in ("epochs", "batch_size", "clusters", "kmeans_iters", "dim", "knn_k") + (("queue",) if args.moco else ()):
         if getattr(args, name) <= 0:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.lam < 0 or args.ins_t <= 0 or args.cld_t <= 0:
@@ -134,24 +173,47 @@ def set_rng_state(state):
 METRICS = ("loss", "loss_ins", "loss_cld", "group_acc")
 
 
-def train_step(model, memory, views, indices, optimizer, scaler, autocast, args):
-    """One optimisation step on a batch of two views. Returns the step's metrics as tensors."""
+def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler, autocast, args):
+    """One optimisation step. views: the two query views, plus the key view with --moco. Returns metrics."""
     with autocast:
-        (f1, g1), (f2, g2) = model(*views)                                  # each [B, dim]
-        loss_ins = (npid_loss(f1, indices, memory, args.ins_t) + npid_loss(f2, indices, memory, args.ins_t)) / 2
-        if args.lam > 0:
-            loss_cld, group_acc = cld_terms(g1, g2, args.clusters, args.cld_t, args.kmeans_iters,
-                                            method=args.cluster_method, **kmeans_options(args))
+        (f1, g1), (f2, g2) = model(views[0], views[1])                      # each [B, dim]
+        if args.moco:
+            keys = memory.keys(views[2])                                    # [B, dim], no gradient
+            loss_ins = (memory.loss(f1, keys, args.ins_t) + memory.loss(f2, keys, args.ins_t)) / 2
         else:
-            loss_cld = group_acc = torch.zeros((), device=f1.device)
+            loss_ins = (npid_loss(f1, indices, memory, args.ins_t) + npid_loss(f2, indices, memory, args.ins_t)) / 2
+        loss_cld = group_acc = torch.zeros((), device=f1.device)
+        grad_scale = 1
+        if args.lam > 0:
+            loss_cld, group_acc, grad_scale = group_loss(g1, g2, step, args)
         loss = loss_ins + args.lam * loss_cld
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
+    scaler.scale(loss_ins + args.lam * grad_scale * loss_cld).backward()
     scaler.step(optimizer)
     scaler.update()
-    # The bank moves only after the step, outside autograd, with the features this step computed.
-    memory.update(indices, f1.detach(), f2.detach())
+    # The bank, or the key encoder and queue, move only after the step, outside autograd.
+    if args.moco:
+        memory.update(raw_model, keys)
+    else:
+        memory.update(indices, f1.detach(), f2.detach())
     return torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
+
+
+def group_loss(g1, g2, step, args):
+    """CLD on this process's share of the batch (the authors' way), or with --gather-groups on the batch
+    gathered from every process. Returns (loss, group accuracy, gradient scale)."""
+    options = dict(method=args.cluster_method, **kmeans_options(args))
+    world = dist.world_size()
+    if not args.gather_groups or world == 1:
+        return (*cld_terms(g1, g2, args.clusters, args.cld_t, args.kmeans_iters, **options), 1)
+    g1, g2 = dist.all_gather_with_grad(g1), dist.all_gather_with_grad(g2)   # [world * B, dim]
+    # Every process clusters the same gathered batch, so random seeding must draw the same numbers too.
+    with torch.random.fork_rng(devices=[g1.device] if g1.device.type == "cuda" else []):
+        torch.manual_seed(args.seed * 1_000_003 + step)
+        loss, accuracy = cld_terms(g1, g2, args.clusters, args.cld_t, args.kmeans_iters, **options)
+    # Each process only holds the gradient through its own rows and DDP averages over processes:
+    # scaling by the world size turns that average into the gradient of the gathered loss.
+    return loss, accuracy, world
 
 
 def ignore_sigint(worker_id):
@@ -183,7 +245,7 @@ def main(args):
 
     # ---- data
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain",
-                                MultiView(train_transform(info, args.aug, args.erasing, args.image_size), 2))
+                                MultiView(train_transform(info, args.aug, args.erasing, args.image_size), 3 if args.moco else 2))
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
     sampler = EpochSampler(len(pretrain_set), batch_per_rank, rank, world, args.seed)
@@ -197,7 +259,12 @@ def main(args):
     # ---- model, bank, optimiser: identical initial values on every process
     torch.manual_seed(args.seed)
     raw_model = build_model(vars(args), info.channels).to(device)
-    memory = MemoryBank(len(pretrain_set), args.dim, args.bank_momentum).to(device)
+    if args.moco:
+        memory = MomentumEncoder(raw_model, args.queue, args.dim, args.moco_momentum).to(device)
+    else:
+        memory = MemoryBank(len(pretrain_set), args.dim, args.bank_momentum).to(device)
+    if args.sync_bn and world > 1:  # after the key encoder's copy: it keeps plain BN and Shuffle-BN
+        raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=peak_lr, momentum=args.momentum, weight_decay=args.wd)
     precision = args.precision if args.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
@@ -206,8 +273,8 @@ def main(args):
     start_epoch, start_step, sums = 0, 0, torch.zeros(len(METRICS), device=device)
     if args.resume:
         ckpt = checkpoint.load(args.resume, device)
-        for key in ("dataset", "arch", "dim", "instance_head", "group_head"):
-            if ckpt["config"][key] != getattr(args, key):
+        for key in ("dataset", "arch", "dim", "instance_head", "group_head", "mlp", "moco"):
+            if ckpt["config"].get(key) != getattr(args, key):
                 raise CheckpointError(f"{args.resume} was trained with --{key.replace('_', '-')} {ckpt['config'][key]}, "
                                       f"this run asks for {getattr(args, key)}")
         checkpoint.load_model_state(raw_model, ckpt["model"], args.resume)
@@ -261,7 +328,8 @@ def main(args):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             views = [v.to(device, non_blocking=True) for v in views]
-            sums += train_step(model, memory, views, indices.to(device, non_blocking=True), optimizer, scaler, autocast, args)
+            sums += train_step(model, raw_model, memory, views, indices.to(device, non_blocking=True), epoch * steps + step,
+                               optimizer, scaler, autocast, args)
             if step % 10 == 0:
                 bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.3f}", lr=f"{lr:.4f}")
             if dist.all_reduce_sum(torch.tensor([float(bool(stop_signal))], device=device)).item() > 0:

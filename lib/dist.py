@@ -90,3 +90,15 @@ def average_buffers(module):
         if buffer.is_floating_point():
             dist.all_reduce(buffer)
             buffer /= world_size()
+
+
+def all_gather_with_grad(x):
+    """[B, ...] -> [world * B, ...] where this process's own rows keep their autograd history and the
+    others' are constants. Backpropagating a loss over the gathered batch then gives each process the
+    exact gradient with respect to its own rows."""
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[rank()] = x
+    return torch.cat(parts)

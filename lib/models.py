@@ -110,13 +110,19 @@ def build_head(kind, d_in, d_out):
 
 
 class CLDNet(nn.Module):
-    """backbone -> (f_I, f_G), each [B, dim] and unit length."""
+    """backbone -> [shared hidden layer] -> (f_I, f_G), each [B, dim] and unit length.
 
-    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear"):
+    mlp=True adds MoCo v2's hidden Linear(d, d) + ReLU, shared by both heads: with NormLinear heads
+    this is the authors' "NormMLP" for ImageNet MoCo v2+CLD.
+    """
+
+    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False):
         super().__init__()
         self.backbone = build_backbone(arch, in_channels)
-        self.instance_head = build_head(instance_head, self.backbone.out_dim, dim)
-        self.group_head = build_head(group_head, self.backbone.out_dim, dim)
+        width = self.backbone.out_dim
+        self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU()) if mlp else nn.Identity()
+        self.instance_head = build_head(instance_head, width, dim)
+        self.group_head = build_head(group_head, width, dim)
 
     def forward(self, *views):
         """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim].
@@ -124,16 +130,17 @@ class CLDNet(nn.Module):
         view still gets its own BatchNorm statistics, as in the authors' code."""
         out = []
         for x in views:
-            h = self.backbone(x)                                           # [B, out_dim]
+            h = self.projector(self.backbone(x))                           # [B, out_dim]
             out.append((F.normalize(self.instance_head(h), dim=1),        # f_I [B, dim]
                         F.normalize(self.group_head(h), dim=1)))          # f_G [B, dim]
         return out
 
     def embed(self, x):
         """The evaluation feature: normalised f_I (SPEC §3)."""
-        return F.normalize(self.instance_head(self.backbone(x)), dim=1)
+        return F.normalize(self.instance_head(self.projector(self.backbone(x))), dim=1)
 
 
 def build_model(config, in_channels):
     """The network a run trained, from its config (a checkpoint's "config" entry or train_cld.py's args)."""
-    return CLDNet(config["arch"], in_channels, config["dim"], config["instance_head"], config["group_head"])
+    return CLDNet(config["arch"], in_channels, config["dim"], config["instance_head"], config["group_head"],
+                  config.get("mlp", False))

@@ -11,4 +11,5 @@ if __name__ == "__main__":
     args = parse_args()
     model, memory = main(args)
     rank = int(os.environ.get("RANK", 0))
-    torch.save({"bank": memory.bank, "model": model.state_dict()}, os.path.join(args.out, f"rank{rank}.pt"))
+    bank = memory.queue if args.moco else memory.bank
+    torch.save({"bank": bank, "model": model.state_dict()}, os.path.join(args.out, f"rank{rank}.pt"))

@@ -21,7 +21,7 @@ SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--
 SHORT = [*SMALL, "--epochs", "6", "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "1"]
 
 
-def run(script, *args, timeout=300):
+def run(script, *args, timeout=900):
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
 
@@ -173,3 +173,18 @@ def test_save_is_atomic(tmp_path):
         save_atomic({"a": lambda: 0}, target)  # a lambda cannot be pickled: fails half way
     assert torch.load(target) == {"a": 1}  # the previous file is intact
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]  # and no temporary file is left
+
+
+def test_moco_resume_is_exact_and_checkpoint_holds_key_encoder_and_queue(tmp_path):
+    moco = [*SMALL, "--moco", "--queue", "200", "--epochs", "2", "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "1"]
+    r = run("train_cld.py", *moco, "--save-every", 1, "--out", tmp_path / "a")
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = run("train_cld.py", *moco, "--resume", tmp_path / "a" / "epoch_1.pth", "--out", tmp_path / "b")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_training_state(tmp_path / "a" / "last.pth", tmp_path / "b" / "last.pth")
+    memory = torch.load(tmp_path / "a" / "last.pth", weights_only=False)["memory"]
+    assert {"queue", "ptr"} <= memory.keys() and any(k.startswith("encoder.") for k in memory)
+    assert memory["ptr"].item() == (2 * (1437 // 128) * 128) % 200   # two epochs of 11 batches went in
+    r = run("eval_knn.py", "--ckpt", tmp_path / "a" / "last.pth", "--workers", 0)
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["sigma"] == 0.07
+
