@@ -5,7 +5,8 @@
 
 Train and test features are recomputed with the test transform from the online network's
 L2-normalised f_I; each of the k nearest train images (cosine) votes for its class with weight
-exp(cos / sigma). Prints one JSON line.
+exp(cos / sigma). A run trained on a subset (train_cld.py --subset, e.g. a long-tailed one) uses
+that subset as the bank and also reports many / medium / few-shot accuracy. Prints one JSON line.
 """
 import argparse
 import contextlib
@@ -16,8 +17,9 @@ import torch
 
 from lib import checkpoint, dist
 from lib.checkpoint import CheckpointError
-from lib.data import DatasetError, dataset_info, load_dataset, test_transform
-from lib.knn import knn_eval
+from lib.data import DatasetError, dataset_info, load_dataset, subset_dataset, test_transform
+from lib.knn import knn_predict, topk_accuracy
+from lib.longtail import class_counts, shot_accuracy
 from lib.models import build_model
 
 
@@ -27,11 +29,16 @@ def parse_args(argv=None):
     p.add_argument("--k", type=int, default=200, help="neighbours (NPID, CLD: 200)")
     p.add_argument("--sigma", type=float, default=None, help="vote temperature; default: the run's T_I (--ins-t), as the authors")
     p.add_argument("--data", default=None, help="dataset root, if it moved since training")
+    p.add_argument("--subset", default=None, help="the run's subset file (train_cld.py --subset), if it moved since training")
+    p.add_argument("--many", type=int, default=100, help="many-shot classes have more training images than this (ImageNet-LT, OLTR: 100)")
+    p.add_argument("--few", type=int, default=20, help="few-shot classes have fewer training images than this (ImageNet-LT, OLTR: 20)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
     args = p.parse_args(argv)
     if args.k <= 0 or args.batch_size <= 0 or (args.sigma is not None and args.sigma <= 0):
         p.error("--k, --batch-size and --sigma must be positive")
+    if not 0 <= args.few <= args.many:
+        p.error("--few and --many must satisfy 0 <= few <= many")
     return args
 
 
@@ -44,18 +51,31 @@ def main(args):
     root = args.data or config["data"]
     train_set = load_dataset(config["dataset"], root, "train", test_transform(info, config["image_size"]))
     test_set = load_dataset(config["dataset"], root, "test", test_transform(info, config["image_size"]))
+    subset = args.subset or config.get("subset")
+    if subset:  # the bank is what the run trained on
+        train_set = subset_dataset(train_set, subset)
 
     model = build_model(config, info.channels)
     checkpoint.load_model_state(model, ckpt["model"], args.ckpt)
     model.to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with autocast:
-        top1, top5 = knn_eval(model.embed, train_set, test_set, device, args.k, sigma, args.batch_size, args.workers)
+        ranked, test_labels = knn_predict(model.embed, train_set, test_set, device, args.k, sigma, args.batch_size,
+                                          args.workers)
+    top1, top5 = topk_accuracy(ranked, test_labels)
+    result = {"top1": round(top1, 2), "top5": round(top5, 2)}
+    if subset:
+        counts = class_counts(train_set.targets, train_set.num_classes)
+        correct = (ranked[:, 0] == test_labels).cpu().numpy()
+        shots = shot_accuracy(correct, test_labels.cpu().numpy(), counts, args.many, args.few)
+        result.update({name: None if value is None else round(value, 2) for name, value in shots.items()})
+        result.update({"many_above": args.many, "few_below": args.few, "subset": subset})
+    result.update({"k": args.k, "sigma": sigma,
+                   "features": "f_I (instance head), L2-normalised, recomputed with the test transform",
+                   "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
+                   "epoch": ckpt["epoch"], "checkpoint": args.ckpt})
     if rank == 0:
-        print(json.dumps({"top1": round(top1, 2), "top5": round(top5, 2), "k": args.k, "sigma": sigma,
-                          "features": "f_I (instance head), L2-normalised, recomputed with the test transform",
-                          "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
-                          "epoch": ckpt["epoch"], "checkpoint": args.ckpt}))
+        print(json.dumps(result))
     dist.cleanup()
 
 

@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from lib import checkpoint, dist
 from lib.checkpoint import CheckpointError
-from lib.data import DATASET_NAMES, DatasetError, MultiView, dataset_info, load_dataset, test_transform, train_transform
+from lib.data import (DATASET_NAMES, DatasetError, MultiView, dataset_info, load_dataset, subset_dataset, test_transform,
+                      train_transform)
 from lib.knn import knn_eval
 from lib.losses import cld_terms, npid_loss
 from lib.memory import MemoryBank
@@ -63,6 +64,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="digits is bundled with scikit-learn and needs no download")
     p.add_argument("--data", default=None, help="dataset root folder (README, Datasets)")
+    p.add_argument("--subset", default=None, help="train on these images only: a file from make_longtail.py (e.g. CIFAR-10-LT)")
     p.add_argument("--out", required=True, help="run folder: config.json, metrics.jsonl, last.pth")
     p.add_argument("--arch", default=None, choices=ARCHS, help="default: the dataset's (CIFAR ResNet-18 for 32 px data, ResNet-50 for ImageNet)")
     p.add_argument("--image-size", type=int, default=None, help="default: the dataset's native size")
@@ -248,6 +250,8 @@ def main(args):
                                 MultiView(train_transform(info, args.aug, args.erasing, args.image_size), 3 if args.moco else 2))
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
+    if args.subset:  # train, and take the kNN bank, on the subset only; the test set stays whole
+        pretrain_set, knn_train = subset_dataset(pretrain_set, args.subset), subset_dataset(knn_train, args.subset)
     sampler = EpochSampler(len(pretrain_set), batch_per_rank, rank, world, args.seed)
     if sampler.steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")

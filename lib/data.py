@@ -3,9 +3,11 @@
 Every dataset returns (transform(img), target, index): the index addresses the row of the
 image in a memory bank. Small datasets are read straight from their published files into
 uint8 arrays (`.data`, shape [N,H,W] or [N,H,W,3]); folders of images go through
-torchvision's ImageFolder.
+torchvision's ImageFolder. A subset file (make_longtail.py) picks some images of a train split,
+renumbered from 0, without copying them.
 """
 import gzip
+import json
 import os
 import pickle
 from dataclasses import dataclass
@@ -14,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torchvision import datasets, transforms
+
+from lib.correlated import correlated_views
 
 
 class DatasetError(Exception):
@@ -40,15 +44,25 @@ FASHION_MEAN, FASHION_STD = (0.2860,), (0.3530,)
 INFO = {
     "digits": DatasetInfo(1, 8, DIGITS_MEAN, DIGITS_STD, "resnet18_cifar"),
     "fashion-mnist": DatasetInfo(1, 28, FASHION_MEAN, FASHION_STD, "resnet18_cifar"),
+    # Tested on the real Fashion-MNIST test set, so normalised like it.
+    "fashion-mnist-hc": DatasetInfo(1, 28, FASHION_MEAN, FASHION_STD, "resnet18_cifar"),
     "cifar10": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "cifar100": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "stl10": DatasetInfo(3, 96, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
+    # The paper trains Kitchen-HC at 32x32 like CIFAR (supplementary), with the CIFAR pipeline.
+    "kitchen-hc": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "imagefolder": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet18"),
     "imagenet": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet50"),
+    "imagenet100": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet50"),
     "synthetic": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
 }
 DATASET_NAMES = tuple(INFO)
 SPLITS = ("pretrain", "train", "test")
+# The 100 classes of CMC's ImageNet-100, as the CLD authors ship them: one line of wnids.
+IMAGENET100_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
+                                "imagenet100.txt")
+# fashion-mnist-hc: 200 base images per class, 10 views each (20,000 images), drawn with seed 0.
+HC_BASES, HC_VIEWS, HC_SEED = 200, 10, 0
 
 
 def dataset_info(name):
@@ -59,7 +73,7 @@ def dataset_info(name):
 
 def default_root(name):
     # Debian's dataset-fashion-mnist package installs the four .gz files here.
-    if name == "fashion-mnist":
+    if name in ("fashion-mnist", "fashion-mnist-hc"):
         return "/usr/share/datasets/fashion-mnist"
     return None
 
@@ -87,22 +101,66 @@ class ArrayDataset(torch.utils.data.Dataset):
 
 
 class FolderDataset(datasets.ImageFolder):
-    """ImageFolder that also returns the index and keeps targets as an int64 array."""
+    """ImageFolder that also returns the index and keeps targets as an int64 array.
 
-    def __init__(self, root, transform=None):
+    `only`, a list of class folder names, restricts it to those classes (labels in sorted
+    name order); the other folders are never scanned.
+    """
+
+    def __init__(self, root, transform=None, only=None):
+        self.only = only
         super().__init__(root, transform=transform)
         self.targets = np.asarray(self.targets, dtype=np.int64)
         self.num_classes = len(self.classes)
+
+    def find_classes(self, directory):
+        if self.only is None:
+            return super().find_classes(directory)
+        absent = sorted(c for c in self.only if not os.path.isdir(os.path.join(directory, c)))
+        if absent:
+            raise DatasetError(f"{len(absent)} of the {len(self.only)} classes asked for are not folders of "
+                               f"{directory} (first: {absent[0]})")
+        names = sorted(self.only)
+        return names, {name: i for i, name in enumerate(names)}
 
     def __getitem__(self, index):
         img, target = super().__getitem__(index)
         return img, int(target), index
 
 
+class SubsetDataset(torch.utils.data.Dataset):
+    """The images `indices` of `dataset`, renumbered: items are (img, target, position), where
+    position 0..len-1 addresses the memory bank. Setting .transform sets the wrapped dataset's."""
+
+    def __init__(self, dataset, indices):
+        self.dataset = dataset
+        self.indices = np.asarray(indices, dtype=np.int64)     # [n] into dataset
+        self.targets = np.asarray(dataset.targets)[self.indices]  # [n]
+        self.num_classes = dataset.num_classes
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform):
+        self.dataset.transform = transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, position):
+        img, target, _ = self.dataset[int(self.indices[position])]
+        return img, target, position
+
+
 # What to do when a dataset's files are missing.
 HINTS = {
     "fashion-mnist": "install the Debian package dataset-fashion-mnist, or put the four "
                      "*-ubyte.gz files from github.com/zalandoresearch/fashion-mnist in one folder",
+    "fashion-mnist-hc": "it is rendered from Fashion-MNIST: install the Debian package "
+                        "dataset-fashion-mnist, or put the four *-ubyte.gz files from "
+                        "github.com/zalandoresearch/fashion-mnist in one folder",
     "cifar10": "download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
                "extract it so that root/cifar-10-batches-py/ exists",
     "cifar100": "download the python version from www.cs.toronto.edu/~kriz/cifar.html and "
@@ -112,11 +170,100 @@ HINTS = {
     "imagefolder": "point root at a folder holding train/<class>/ and val/<class>/ "
                    "(or test/<class>/)",
     "imagenet": "point root at an ILSVRC-2012 tree holding train/<wnid>/ and val/<wnid>/",
+    "imagenet100": "point root at a full ILSVRC-2012 tree holding train/<wnid>/ and val/<wnid>/; "
+                   "the 100 classes of data/imagenet100.txt are read from it in place",
+    "kitchen-hc": "build root with build_kitchen_hc.py from the GMU Kitchens scenes, or download "
+                  "the CLD authors' Kitchen-HC folder (train/<category>/ and test/<category>/)",
 }
 
 
 def missing(name, what, where):
     return DatasetError(f"{name}: {what} not found in {where}; {HINTS[name]}")
+
+
+# ----------------------------------------------------------------------------- subset files
+
+# A subset file is JSON: what made it (dataset, ratio, seed, ...), the size of the train split it
+# indexes, and the kept indices with their labels; the labels let a file made for another dataset
+# (CIFAR-100 for CIFAR-10: both have 50,000 training images) be caught before training on it.
+SUBSET_FORMAT = "cld-subset-1"
+
+
+def write_subset(path, indices, labels, train_size, **about):
+    """Write a subset file atomically. indices [n] into a train split of train_size images, labels [n]."""
+    record = {"format": SUBSET_FORMAT, **about, "train_size": int(train_size), "images": len(indices),
+              "indices": [int(i) for i in indices], "labels": [int(y) for y in labels]}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"  # same folder, so the rename is atomic
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def int_list(record, key, path):
+    values = record.get(key)
+    if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise DatasetError(f"subset file {path}: '{key}' is not a list of integers; write it again "
+                           f"with make_longtail.py")
+    return np.asarray(values, dtype=np.int64)
+
+
+def load_subset(path):
+    """The checked contents of a subset file: a dict whose indices and labels are int64 arrays [n]."""
+    if not os.path.isfile(path):
+        raise DatasetError(f"subset file {path} does not exist; write it with make_longtail.py --out {path}")
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise DatasetError(f"subset file {path} is not readable JSON ({type(e).__name__}); write it again "
+                           f"with make_longtail.py")
+    if not isinstance(record, dict) or record.get("format") != SUBSET_FORMAT:
+        raise DatasetError(f"subset file {path} was not written by make_longtail.py (no format "
+                           f"{SUBSET_FORMAT!r}); write it again")
+    record["indices"], record["labels"] = int_list(record, "indices", path), int_list(record, "labels", path)
+    size, indices = record.get("train_size"), record["indices"]
+    if not isinstance(size, int) or len(record["labels"]) != len(indices) or not len(indices):
+        raise DatasetError(f"subset file {path} is damaged: it needs train_size and as many labels as "
+                           f"indices (at least one); write it again with make_longtail.py")
+    if indices.min() < 0 or indices.max() >= size or len(np.unique(indices)) != len(indices):
+        raise DatasetError(f"subset file {path} is damaged: its indices must be distinct and within "
+                           f"0..{size - 1}; write it again with make_longtail.py")
+    return record
+
+
+def read_subset(path):
+    """The indices [n] (int64) into the train split that the subset file at path keeps."""
+    return load_subset(path)["indices"]
+
+
+def subset_dataset(dataset, path_or_indices):
+    """dataset restricted to a subset: items (img, target, position), position = 0..n-1.
+
+    Given a subset file, it must have been made from this split: same size, same labels.
+    """
+    if isinstance(path_or_indices, (str, os.PathLike)):
+        path = os.fspath(path_or_indices)
+        record = load_subset(path)
+        made_from = record.get("dataset", "another dataset")
+        if record["train_size"] != len(dataset):
+            raise DatasetError(f"subset file {path} indexes a train split of {record['train_size']} images "
+                               f"({made_from}), this one has {len(dataset)}; make the subset from this dataset")
+        indices = record["indices"]
+        if not np.array_equal(np.asarray(dataset.targets)[indices], record["labels"]):
+            raise DatasetError(f"subset file {path} was made from {made_from} and its labels disagree with "
+                               f"this dataset's; make the subset from this dataset")
+        return SubsetDataset(dataset, indices)
+    indices = np.asarray(path_or_indices, dtype=np.int64)
+    if indices.ndim != 1 or (len(indices) and (indices.min() < 0 or indices.max() >= len(dataset))):
+        raise DatasetError(f"subset indices must be a list within 0..{len(dataset) - 1}")
+    return SubsetDataset(dataset, indices)
 
 
 # digits: scikit-learn's bundled copy, no files needed.
@@ -184,6 +331,21 @@ def load_fashion_arrays(root, split):
         raise DatasetError(f"fashion-mnist: {len(images)} images but {len(labels)} labels in "
                            f"{root}; the files come from different releases, download them again")
     return images, labels
+
+
+def load_fashion_hc(root, split):
+    """fashion-mnist-hc: training on views of a few base images, testing on the real test set."""
+    images, labels = load_fashion_arrays(root, split)
+    if split == "test":
+        return ArrayDataset(images, labels, 10)
+    try:
+        views, view_labels, bases = correlated_views(images, labels, 10, HC_BASES, HC_VIEWS, HC_SEED)
+    except ValueError as e:  # a class smaller than HC_BASES
+        raise DatasetError(f"fashion-mnist-hc: the training files in {root} are too small ({e}); "
+                           f"{HINTS['fashion-mnist-hc']}") from None
+    dataset = ArrayDataset(views, view_labels, 10)  # [20000,28,28]
+    dataset.bases = bases  # [20000] the train-split index each view was rendered from
+    return dataset
 
 
 # cifar: Python-2 pickles; under encoding="bytes" their keys are bytes.
@@ -320,17 +482,34 @@ def load_stl_arrays(root, split):
     return unlabeled, targets
 
 
+def imagenet100_classes():
+    try:
+        with open(IMAGENET100_LIST) as f:
+            wnids = f.read().split()
+    except OSError:
+        raise DatasetError(f"imagenet100: the class list {IMAGENET100_LIST} is missing; restore "
+                           f"data/imagenet100.txt from the repository") from None
+    if len(set(wnids)) != 100:
+        raise DatasetError(f"imagenet100: {IMAGENET100_LIST} holds {len(set(wnids))} distinct classes, "
+                           f"not 100; restore it from the repository")
+    return wnids
+
+
 def load_folder(name, root, split):
-    # The test split is val/ when present (ImageNet layout), else test/ (Kitchen-HC release).
-    subdirs = ["train"] if split != "test" else ["val", "test"]
+    # The test split is val/ when present (ImageNet layout), else test/ (Kitchen-HC release);
+    # kitchen-hc prefers test/, where the paper's figures come from, should a val/ be there too.
+    subdirs = ["train"] if split != "test" else ["test", "val"] if name == "kitchen-hc" else ["val", "test"]
+    only = imagenet100_classes() if name == "imagenet100" else None
     for sub in subdirs:
         path = os.path.join(root, sub)
         if os.path.isdir(path):
             try:
-                return FolderDataset(path)
+                return FolderDataset(path, only=only)
             except FileNotFoundError as e:  # ImageFolder's message for empty class folders
                 raise DatasetError(f"{name}: {path} holds no readable images ({e}); "
                                    f"put images in {path}/<class>/") from None
+            except DatasetError as e:  # classes of the list missing from the tree
+                raise DatasetError(f"{name}: {e}; {HINTS[name]}") from None
     raise missing(name, " or ".join(s + "/" for s in subdirs), root)
 
 
@@ -355,13 +534,17 @@ def load_dataset(name, root, split, transform=None):
                            f"and pass that folder as root")
     if not os.path.isdir(root):
         raise DatasetError(f"{name}: data folder {root} does not exist; {HINTS[name]}")
-    if name in ("imagefolder", "imagenet"):
+    if name in ("imagefolder", "imagenet", "imagenet100", "kitchen-hc"):
         dataset = load_folder(name, root, split)
         dataset.transform = transform
         return dataset
     if name == "fashion-mnist":
         images, labels = load_fashion_arrays(root, split)
         return ArrayDataset(images, labels, 10, transform)
+    if name == "fashion-mnist-hc":
+        dataset = load_fashion_hc(root, split)
+        dataset.transform = transform
+        return dataset
     if name == "stl10":
         images, labels = load_stl_arrays(root, split)
         return ArrayDataset(images, labels, 10, transform)

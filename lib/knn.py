@@ -42,22 +42,37 @@ def knn_scores(test_features, train_features, train_labels, num_classes, k=200, 
     return torch.cat(scores)
 
 
-def knn_accuracy(test_features, test_labels, train_features, train_labels, num_classes, k=200, sigma=0.1):
-    """(top1, top5) in percent."""
+def knn_ranked(test_features, train_features, train_labels, num_classes, k=200, sigma=0.1):
+    """The min(5, C) most voted classes of each test image, best first: [M, min(5, C)]."""
     scores = knn_scores(test_features, train_features, train_labels, num_classes, k, sigma)
-    ranked = scores.topk(min(5, num_classes), dim=1).indices                 # [M, 5]
+    return scores.topk(min(5, num_classes), dim=1).indices
+
+
+def topk_accuracy(ranked, test_labels):
+    """(top1, top5) in percent from ranked classes [M, 5] and labels [M]."""
     hits = ranked == test_labels[:, None]
     top1 = hits[:, 0].float().mean().item() * 100
     top5 = hits.any(dim=1).float().mean().item() * 100
     return top1, top5
 
 
-def knn_eval(embed, train_set, test_set, device, k=200, sigma=0.1, batch_size=256, workers=0):
-    """Embed the labelled train set (the bank) and the test set, both with their own (test) transform,
-    and return kNN (top1, top5) in percent."""
+def knn_accuracy(test_features, test_labels, train_features, train_labels, num_classes, k=200, sigma=0.1):
+    """(top1, top5) in percent."""
+    ranked = knn_ranked(test_features, train_features, train_labels, num_classes, k, sigma)
+    return topk_accuracy(ranked, test_labels)
+
+
+def knn_predict(embed, train_set, test_set, device, k=200, sigma=0.1, batch_size=256, workers=0):
+    """Embed the labelled train set (the bank) and the test set, both with their own (test) transform;
+    returns the ranked classes [M, min(5, C)] of every test image and the test labels [M]."""
     train_features = extract_features(embed, train_set, device, batch_size, workers)
     test_features = extract_features(embed, test_set, device, batch_size, workers)
     train_labels = torch.as_tensor(train_set.targets, device=device)
     test_labels = torch.as_tensor(test_set.targets, device=device)
-    return knn_accuracy(test_features, test_labels, train_features, train_labels,
-                        train_set.num_classes, k, sigma)
+    ranked = knn_ranked(test_features, train_features, train_labels, train_set.num_classes, k, sigma)
+    return ranked, test_labels
+
+
+def knn_eval(embed, train_set, test_set, device, k=200, sigma=0.1, batch_size=256, workers=0):
+    """kNN (top1, top5) in percent of test_set against the bank train_set (see knn_predict)."""
+    return topk_accuracy(*knn_predict(embed, train_set, test_set, device, k, sigma, batch_size, workers))

@@ -6,7 +6,8 @@ The pixels encode the label and the geometry so that tests can check both:
   brighter than row r + 1), blue = noise.
 - Fashion-MNIST: pixel = 20 * label + row.
 - image folders: red = 40 * class index, green = row, blue = noise.
-Every writer returns the folder to pass to lib.data.load_dataset as root.
+- GMU Kitchens frames: red = column, green = row, blue = 10 * scene + frame.
+Every writer returns the folder to pass to lib.data.load_dataset (or the builder) as root.
 """
 import gzip
 import os
@@ -137,3 +138,41 @@ def write_imagefolder(root, classes=3, n_per_class=4, size=40, splits=("train", 
                 pixels = np.stack([red, green, blue], axis=-1).astype(np.uint8)
                 Image.fromarray(pixels).save(os.path.join(folder, f"img_{k}.png"))
     return str(root)
+
+
+def write_gmu_scene(root, scene, frames, size=(120, 80)):
+    """GMU Kitchens scene folder root/gmu_scene_00N/ with Images/rgb_<k>.png, Depths/depth_<k>.png
+    and Annotations/rgb_<k>.xml, k = 1, 2, ...
+
+    frames: one list per frame of objects (name, xmin, ymin, xmax, ymax); the coordinates are written
+    as given (str()), so floats stay floats, and are 1-based as in the real files.
+    """
+    width, height = size
+    folder = os.path.join(root, f"gmu_scene_{scene:03d}")
+    for sub in ("Images", "Depths", "Annotations"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    for k, objects in enumerate(frames, 1):
+        red = np.broadcast_to(np.arange(width)[None, :], (height, width))
+        green = np.broadcast_to(np.arange(height)[:, None], (height, width))
+        blue = np.full((height, width), 10 * scene + k)
+        pixels = np.stack([red, green, blue], axis=-1).astype(np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, "Images", f"rgb_{k}.png"))
+        Image.fromarray(np.full((height, width), 1000, dtype=np.uint16)).save(
+            os.path.join(folder, "Depths", f"depth_{k}.png"))
+        boxes = "".join(
+            f"<object><name>{name}</name><pose>Unspecified</pose><truncated>0</truncated>"
+            f"<difficult>0</difficult><bndbox><xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax>"
+            f"<ymax>{y1}</ymax></bndbox></object>" for name, x0, y0, x1, y1 in objects)
+        note = (f"<annotation><folder>gmu_scene_{scene:03d}</folder><filename>rgb_{k}.png</filename>"
+                f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>"
+                f"{boxes}</annotation>")
+        with open(os.path.join(folder, "Annotations", f"rgb_{k}.xml"), "w") as f:
+            f.write(note)
+    return str(root)
+
+
+def write_imagenet_lt_list(path, entries):
+    """A released-style ImageNet-LT list: one '<relative path> <label>' line per (path, label)."""
+    with open(path, "w") as f:
+        f.writelines(f"{rel} {label}\n" for rel, label in entries)
+    return str(path)

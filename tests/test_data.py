@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lib.data import (DATASET_NAMES, DatasetError, DatasetInfo, MultiView, dataset_info,
+from lib.correlated import correlated_views, render_view
+from lib.data import (DATASET_NAMES, IMAGENET100_LIST, DatasetError, DatasetInfo, MultiView, dataset_info,
                       default_root, load_dataset, train_transform)
 from lib.data import test_transform as eval_transform  # a test_* name would be collected
 from tests.fixtures import (write_cifar10, write_cifar100, write_fashion_mnist, write_idx,
@@ -28,10 +29,11 @@ def check_common(dataset, n, num_classes):
 # ----------------------------------------------------------------------------- facts
 
 def test_names_and_info():
-    assert DATASET_NAMES == ("digits", "fashion-mnist", "cifar10", "cifar100", "stl10",
-                             "imagefolder", "imagenet", "synthetic")
-    sizes = {"digits": 8, "fashion-mnist": 28, "cifar10": 32, "cifar100": 32, "stl10": 96,
-             "imagefolder": 224, "imagenet": 224, "synthetic": 32}
+    assert DATASET_NAMES == ("digits", "fashion-mnist", "fashion-mnist-hc", "cifar10", "cifar100", "stl10",
+                             "kitchen-hc", "imagefolder", "imagenet", "imagenet100", "synthetic")
+    sizes = {"digits": 8, "fashion-mnist": 28, "fashion-mnist-hc": 28, "cifar10": 32, "cifar100": 32,
+             "stl10": 96, "kitchen-hc": 32, "imagefolder": 224, "imagenet": 224, "imagenet100": 224,
+             "synthetic": 32}
     for name in DATASET_NAMES:
         info = dataset_info(name)
         assert isinstance(info, DatasetInfo)
@@ -40,7 +42,10 @@ def test_names_and_info():
     assert dataset_info("imagenet").default_arch == "resnet50"
     assert dataset_info("imagefolder").default_arch == "resnet18"
     assert dataset_info("stl10").default_arch == "resnet18_cifar"
+    assert dataset_info("kitchen-hc").default_arch == "resnet18_cifar"
+    assert dataset_info("imagenet100").default_arch == "resnet50"
     assert default_root("fashion-mnist") == "/usr/share/datasets/fashion-mnist"
+    assert default_root("fashion-mnist-hc") == "/usr/share/datasets/fashion-mnist"
     assert default_root("cifar10") is None
 
 
@@ -233,6 +238,105 @@ def test_missing_data(tmp_path):
             with pytest.raises(DatasetError) as error:
                 load_dataset(name, str(tmp_path / "nowhere"), "train")
             assert "\n" not in str(error.value)
+
+
+def imagenet100_wnids():
+    with open(IMAGENET100_LIST) as f:
+        return f.read().split()
+
+
+def test_imagenet100_list():
+    wnids = imagenet100_wnids()
+    with open(IMAGENET100_LIST) as f:
+        assert len(f.read().strip().splitlines()) == 1  # one line, as the authors ship it
+    assert len(wnids) == len(set(wnids)) == 100
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
+    assert wnids[:2] == ["n02869837", "n01749939"] and wnids[-1] == "n02090622"
+
+
+def test_imagenet100_reads_its_classes_in_place(tmp_path):
+    wnids = imagenet100_wnids()
+    others = ["n01440764", "n15075141"]  # ImageNet classes outside the 100
+    root = write_imagefolder(tmp_path / "imagenet", classes=wnids + others, n_per_class=1, size=4)
+    full = load_dataset("imagenet", root, "train")
+    train, test = load_dataset("imagenet100", root, "train"), load_dataset("imagenet100", root, "test")
+    check_common(full, 102, 102)
+    check_common(train, 100, 100)
+    check_common(test, 100, 100)
+    assert train.classes == test.classes == sorted(wnids)  # labels follow sorted wnid order
+    assert all(os.path.dirname(path).endswith(train.classes[y]) for path, y in train.samples)
+    assert not any(o in path for path, _ in train.samples for o in others)
+    assert test.root.endswith("val")
+    os.rename(os.path.join(root, "val", wnids[5]), os.path.join(root, "val", "moved"))
+    with pytest.raises(DatasetError, match=f"imagenet100: 1 of the 100 classes .* {wnids[5]}"):
+        load_dataset("imagenet100", root, "test")
+
+
+def test_render_view():
+    img = np.zeros((28, 28), dtype=np.uint8)
+    img[10, 6] = 200
+    assert np.array_equal(render_view(img, 1.0, 0.0, 0.0, 1.0), img)
+    assert np.argwhere(render_view(img, 1.0, 2.0, 1.0, 1.0)).tolist() == [[11, 8]]  # 2 right, 1 down
+    assert render_view(img, 1.0, 0.0, 0.0, 1.2)[10, 6] == 240 and render_view(img, 1.0, 0.0, 0.0, 1.5).max() == 255
+    rows, cols = np.nonzero(render_view(img, 2.0, 0.0, 0.0, 1.0))  # 2x about (14, 14): spans rows 6..8, cols -2..0
+    assert rows.min() >= 5 and rows.max() <= 8 and cols.max() == 0  # bilinear: half a pixel of blur
+    centre = np.zeros((28, 28), dtype=np.uint8)
+    centre[13:15, 13:15] = 100
+    assert render_view(centre, 1.15, 0.0, 0.0, 1.0)[13:15, 13:15].min() > 0
+
+
+def test_correlated_views():
+    # Sources: a 4x4 bright square at a random place; a view must keep it near where it was.
+    rng = np.random.RandomState(0)
+    labels = np.repeat(np.arange(3), 6)                                  # [18]
+    images = np.zeros((18, 28, 28), dtype=np.uint8)
+    corners = rng.randint(6, 18, size=(18, 2))
+    for image, (r, c) in zip(images, corners):
+        image[r:r + 4, c:c + 4] = 150
+    views, view_labels, bases = correlated_views(images, labels, 3, bases_per_class=2, views_per_base=4, seed=5)
+    assert views.shape == (24, 28, 28) and views.dtype == np.uint8
+    assert np.array_equal(view_labels, labels[bases]) and view_labels.dtype == np.int64
+    assert (np.bincount(view_labels) == 8).all()
+    assert [len(set(bases[i:i + 4])) for i in range(0, 24, 4)] == [1] * 6  # a base's views are consecutive
+    assert len(set(bases.tolist())) == 6
+    assert len({v.tobytes() for v in views}) == 24  # every view differs
+
+    def centroid(image):
+        rows, cols = np.nonzero(image)
+        weights = image[rows, cols].astype(float)
+        return np.array([np.average(rows, weights=weights), np.average(cols, weights=weights)])
+
+    # at most 3 px of shift plus 20% zoom of a point 8 px from the centre, each axis
+    moved = [np.abs(centroid(v) - centroid(images[b])).max() for v, b in zip(views, bases)]
+    assert max(moved) < 3 + 0.2 * 8 + 0.5
+    again = correlated_views(images, labels, 3, bases_per_class=2, views_per_base=4, seed=5)
+    assert all(np.array_equal(a, b) for a, b in zip((views, view_labels, bases), again))
+    other = correlated_views(images, labels, 3, bases_per_class=2, views_per_base=4, seed=6)[0]
+    assert not np.array_equal(views, other)
+    with pytest.raises(ValueError, match="fewer than the 7 bases"):
+        correlated_views(images, labels, 3, bases_per_class=7)
+
+
+def test_fashion_mnist_hc_needs_enough_images(tmp_path):
+    root = write_fashion_mnist(tmp_path / "fm", n_train=30, n_test=20)
+    assert len(load_dataset("fashion-mnist-hc", root, "test")) == 20  # the real test set, untouched
+    with pytest.raises(DatasetError, match="fashion-mnist-hc: the training files in .* are too small"):
+        load_dataset("fashion-mnist-hc", root, "train")
+
+
+def test_fashion_mnist_hc_real():
+    root = default_root("fashion-mnist")
+    if not os.path.isfile(os.path.join(root, "t10k-labels-idx1-ubyte.gz")):
+        pytest.skip("Debian package dataset-fashion-mnist is not installed")
+    train = load_dataset("fashion-mnist-hc", None, "pretrain")
+    check_common(train, 20000, 10)
+    assert np.bincount(train.targets).tolist() == [2000] * 10
+    assert len(np.unique(train.bases)) == 2000 and (np.bincount(train.bases)[train.bases] == 10).all()
+    source = load_dataset("fashion-mnist", None, "train")
+    assert np.array_equal(source.targets[train.bases], train.targets)
+    check_common(load_dataset("fashion-mnist-hc", None, "test"), 10000, 10)
+    array, target, img = pixels(train, 0)
+    assert img.mode == "L" and img.size == (28, 28)
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -188,3 +189,18 @@ def test_moco_resume_is_exact_and_checkpoint_holds_key_encoder_and_queue(tmp_pat
     r = run("eval_knn.py", "--ckpt", tmp_path / "a" / "last.pth", "--workers", 0)
     assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["sigma"] == 0.07
 
+
+def test_training_on_a_subset(tmp_path):
+    from lib.data import write_subset
+    full = load_dataset("digits", None, "train")
+    keep = np.concatenate([np.where(full.targets == c)[0][: 12 * (c + 1)] for c in range(10)])  # 12 ... 120 per class
+    write_subset(tmp_path / "subset.json", keep, full.targets[keep], len(full), dataset="digits")
+    r = run("train_cld.py", *SMALL, "--epochs", 1, "--subset", tmp_path / "subset.json", "--out", tmp_path / "run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
+    assert ckpt["memory"]["bank"].shape == (len(keep), 128)      # one row per kept image
+    r = run("eval_knn.py", "--ckpt", tmp_path / "run" / "last.pth", "--workers", 0)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["train_images"] == len(keep) and {"many", "medium", "few"} <= result.keys()
+    assert result["many"] is not None and result["few"] is not None  # 120 > 100 and 12 < 20 images
