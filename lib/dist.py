@@ -38,10 +38,6 @@ def rank():
     return dist.get_rank() if is_distributed() else 0
 
 
-def is_main():
-    return rank() == 0
-
-
 @torch.no_grad()
 def all_gather(x):
     """[B, ...] on every rank -> [world * B, ...] in rank order, no gradient. B must match across ranks."""
