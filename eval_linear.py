@@ -36,7 +36,6 @@ from lib.knn import extract_features
 from lib.linear import (BackboneChanged, ExportError, balanced_subset, check_unchanged, linear_head, probe_transform,
                         snapshot, torchvision_state)
 from lib.longtail import class_counts, shot_accuracy
-from lib.models import build_model
 
 # Each mode's schedule (SPEC §3). linear: MoCo's protocol (He et al. 2020, main_lincls.py), used for the
 # paper's ImageNet, ImageNet-100 and ImageNet-LT tables and here for every dataset. finetune: the
@@ -84,6 +83,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="classifier init, data order and the labelled subset")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per forward pass when nothing is trained")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
+                        "with full unpickling, which runs any code in it; only for files you trust")
     args = p.parse_args(argv)
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
@@ -101,16 +103,6 @@ def parse_args(argv=None):
     if args.lr <= 0 or args.wd < 0:
         p.error("--lr must be positive and --wd non-negative")
     return args
-
-
-def load_backbone(ckpt, path, channels):
-    """The online network's backbone ("model", also in MoCo checkpoints, whose key encoder is skipped)."""
-    try:
-        model = build_model(ckpt["config"], channels)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} describes a network this version cannot build ({e})")
-    checkpoint.load_model_state(model, ckpt["model"], path)
-    return model.backbone
 
 
 def export_backbone(backbone, config, channels, path, write):
@@ -229,7 +221,7 @@ def main(args):
     rank, world, device = dist.setup()
     if args.batch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} processes")
-    ckpt = checkpoint.load(args.ckpt)
+    ckpt = checkpoint.load(args.ckpt, trust=args.trust_checkpoint)
     config, pretrain_epoch = ckpt["config"], ckpt.get("epoch")
     dataset = args.dataset or config["dataset"]
     root = args.data if args.data is not None else config.get("data") if dataset == config["dataset"] else None
@@ -239,7 +231,8 @@ def main(args):
 
     # ---- model: the pretrained backbone; heads, memory bank and optimizer state are dropped
     torch.manual_seed(args.seed)
-    backbone = load_backbone(ckpt, args.ckpt, channels).to(device).eval()
+    # The online network's backbone ("model", also in MoCo checkpoints, whose key encoder is skipped).
+    backbone = checkpoint.load_network(ckpt, args.ckpt, channels).backbone.to(device).eval()
     del ckpt
     exported = export_backbone(backbone, config, channels, args.export, rank == 0) if args.export else {}
     if args.export_only:

@@ -357,18 +357,60 @@ CIFAR_LAYOUT = {  # folder, training files, test file, label key
 }
 
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Resolves only the globals a CIFAR batch file holds: numpy's array reconstruction and dtype, and
+    (for files re-pickled by Python 3 at protocol 2) codecs.encode, which turns a str into bytes.
+    Dicts, lists, ints, bytes and strings need no global. Anything else could run code: refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise RefusedGlobal(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        if name == "_reconstruct":  # Python-2 files name numpy 1's module; numpy 2 moved it
+            return _reconstruct
+        return super().find_class(module, name)
+
+
 def unpickle(path, key):
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = CifarUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise DatasetError(f"{path} was not loaded: {e}; a CIFAR file from www.cs.toronto.edu/~kriz/cifar.html "
+                           f"holds only arrays, lists and strings, download it again") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
+        raise DatasetError(f"{path} is truncated or corrupt ({type(e).__name__}); download it again") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict; download it again")
 
     def pick(key):  # real files have bytes keys; a file pickled by Python 3 may have str keys
-        return batch[key.encode()] if key.encode() in batch else batch[key]
+        if key.encode() in batch:
+            return batch[key.encode()]
+        if key in batch:
+            return batch[key]
+        raise DatasetError(f"{path} has no {key!r} entry; it is not a CIFAR batch, download it again")
 
     data = np.asarray(pick("data"), dtype=np.uint8)  # [N,3072]: 1024 R, then G, then B
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(f"{path} holds data of shape {data.shape}, expected [N,3072]; "
                            f"the file is corrupt, download it again")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(pick(key))
+    labels = np.asarray(pick(key))
+    if labels.shape != (len(data),):
+        raise DatasetError(f"{path} holds {len(data)} images but labels of shape {labels.shape}; "
+                           f"the file is corrupt, download it again")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def load_cifar_arrays(name, root, split):
