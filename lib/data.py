@@ -500,7 +500,7 @@ def imagenet100_classes():
 
 def load_folder(name, root, split):
     # The test split is val/ when present (ImageNet layout), else test/ (Kitchen-HC release);
-    # kitchen-hc prefers test/, where the paper's figures come from, should a val/ be there too.
+    # kitchen-hc prefers test/, which the authors' datasets/dataloader.py evaluates on, should a val/ be there too.
     subdirs = ["train"] if split != "test" else ["test", "val"] if name == "kitchen-hc" else ["val", "test"]
     only = imagenet100_classes() if name == "imagenet100" else None
     for sub in subdirs:
