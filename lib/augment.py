@@ -61,17 +61,19 @@ ERASING = Erasing()
 AUG_NAMES = ("default", "aug-plus")
 
 
-def recipe_for(name, info):
-    """The Recipe that the augmentation `name` ("default" or "aug-plus") means for a dataset.
+def recipe_for(name, size):
+    """The Recipe that the augmentation `name` ("default" or "aug-plus") means at a training size.
 
-    Datasets stored above 96 px (ImageNet, ImageNet-100, image folders) follow the authors' ImageNet
-    script, the others their CIFAR / STL-10 / Kitchen-HC loader; grey datasets (digits,
-    Fashion-MNIST), which the authors never trained on, take the small-image recipe (our choice):
-    on an "L" image the hue and saturation jitter and the grayscale op change nothing.
+    Above 96 px (ImageNet, ImageNet-100, image folders at their 224 px) it follows the authors'
+    ImageNet script, at 96 px and below their CIFAR / STL-10 / Kitchen-HC loader (also for an image
+    folder trained at 32 px, such as their Kitchen-HC release): the same threshold as test_transform.
+    Grey datasets (digits, Fashion-MNIST), which the authors never trained on, take the small-image
+    recipe (our choice): on an "L" image the hue and saturation jitter and the grayscale op change
+    nothing.
     """
     if name not in AUG_NAMES:
         raise ValueError(f"unknown augmentation recipe {name!r}; choose {' or '.join(AUG_NAMES)}")
-    if name == "default" and info.image_size > 96:
+    if name == "default" and size > 96:
         return RECIPES["default-imagenet"]
     return RECIPES[name]
 
@@ -106,7 +108,7 @@ def train_transform(info, recipe="default", erasing=False, image_size=None):
     Erasing. A 1-channel "L" image stays 1-channel throughout.
     """
     size = image_size or info.image_size
-    r = recipe if isinstance(recipe, Recipe) else recipe_for(recipe, info)
+    r = recipe if isinstance(recipe, Recipe) else recipe_for(recipe, size)
     steps = [transforms.RandomResizedCrop(size, scale=r.crop_scale, ratio=r.crop_ratio), *colour_ops(r)]
     if r.blur_p > 0:
         steps.append(transforms.RandomApply([RadiusBlur(r.blur_sigma)], p=r.blur_p))

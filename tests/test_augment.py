@@ -152,14 +152,17 @@ def test_blur_reach_does_not_depend_on_image_size():
     assert reach[0] == reach[1] > 3
 
 
-def test_recipe_for_picks_by_stored_size():
-    assert recipe_for("default", dataset_info("imagenet")) is RECIPES["default-imagenet"]
-    assert recipe_for("default", dataset_info("imagefolder")) is RECIPES["default-imagenet"]
-    for name in ("cifar10", "stl10", "kitchen-hc", "digits"):
-        assert recipe_for("default", dataset_info(name)) is RECIPES["default"]
-    assert recipe_for("aug-plus", dataset_info("imagenet")) is recipe_for("aug-plus", dataset_info("cifar10"))
+def test_recipe_for_picks_by_training_size():
+    assert recipe_for("default", 224) is recipe_for("default", 97) is RECIPES["default-imagenet"]
+    assert recipe_for("default", 96) is recipe_for("default", 8) is RECIPES["default"]
+    assert recipe_for("aug-plus", 224) is recipe_for("aug-plus", 32) is RECIPES["aug-plus"]
     with pytest.raises(ValueError, match="aug-plus"):
-        recipe_for("strong", dataset_info("cifar10"))
+        recipe_for("strong", 32)
+    # The authors' Kitchen-HC folder read as an image folder at 32 px gets their Kitchen-HC pipeline.
+    img = image(3, 40, width=50)
+    ours = train_transform(dataset_info("imagefolder"), "default", image_size=32)
+    norm = transforms.Normalize(dataset_info("imagefolder").mean, dataset_info("imagefolder").std)
+    assert same(draws(ours, img, 20), draws(transforms.Compose(authors_default(32, norm)), img, 20))
 
 
 def test_erasing_params():
