@@ -1,4 +1,4 @@
-"""Weighted kNN accuracy of a trained checkpoint (NPID's protocol, SPEC §3).
+"""Weighted kNN accuracy of a trained checkpoint (NPID's protocol, paper Sec. 4: k = 200).
 
     python eval_knn.py --ckpt runs/digits/last.pth
     torchrun --nproc_per_node=8 eval_knn.py --ckpt runs/imagenet/last.pth

@@ -1,4 +1,4 @@
-"""Linear evaluation, semi-supervised fine-tuning and backbone export of a trained checkpoint (SPEC §3).
+"""Linear evaluation, semi-supervised fine-tuning and backbone export of a trained checkpoint (paper Tables 1, 5, 6).
 
     python eval_linear.py --ckpt runs/digits/last.pth --cached-features        # the cheap path, CPU-sized
     torchrun --nproc_per_node=8 eval_linear.py --ckpt runs/in_cld/last.pth      # MoCo's linear protocol
@@ -37,9 +37,10 @@ from lib.linear import (BackboneChanged, ExportError, balanced_subset, check_unc
                         snapshot, torchvision_state)
 from lib.longtail import class_counts, shot_accuracy
 
-# Each mode's schedule (SPEC §3). linear: MoCo's protocol (He et al. 2020, main_lincls.py), used for the
-# paper's ImageNet, ImageNet-100 and ImageNet-LT tables and here for every dataset. finetune: the
-# OpenSelfSup semi-supervised recipe of the supplementary (§2.5), chosen there by a grid search.
+# Each mode's schedule. linear: MoCo's protocol (He et al. 2020, main_lincls.py), which the authors'
+# scripts/imagenet/test_imagenet_moco_cld.sh runs on their ImageNet models; used here for every
+# dataset. finetune: the semi-supervised recipe of the supplementary (§2, item 5: OpenSelfSup's
+# benchmark), chosen there by a grid search.
 RECIPES = {
     "linear": dict(epochs=100, lr=30.0, batch_size=256, wd=0.0, milestones=[60, 80], gamma=0.1),
     "finetune": dict(epochs=20, lr=0.01, batch_size=256, wd=1e-4, milestones=[12, 16], gamma=0.2),
@@ -72,7 +73,7 @@ def parse_args(argv=None):
                    help="finetune: the classifier's lr is --lr times this (CLD supplementary: 100)")
     p.add_argument("--batch-size", type=int, help="global batch over all processes; " + recipe_help("batch_size"))
     p.add_argument("--wd", type=float, help="weight decay; " + recipe_help("wd"))
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (MoCo, OpenSelfSup: 0.9)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (MoCo's main_lincls.py; supplementary §2: 0.9)")
     p.add_argument("--milestones", type=int, nargs="+", help="epochs at which the lr is multiplied by --gamma; "
                    + recipe_help("milestones"))
     p.add_argument("--gamma", type=float, help="lr step factor; " + recipe_help("gamma"))

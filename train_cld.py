@@ -32,7 +32,9 @@ from lib.moco import MomentumEncoder
 from lib.models import ARCHS, HEADS, build_model
 
 
-# The authors' settings (SPEC §2). A flag left unset takes its value from the recipe that fits the run:
+# The authors' settings, as their scripts/cifar/train_cifar10_{npid,moco}_cld.sh and
+# scripts/imagenet/train_imagenet_mocov2_cld.sh pass them. A flag left unset takes its value from the
+# recipe that fits the run:
 # NPID+CLD (any dataset), MoCo+CLD on small images (their CIFAR-10 script), MoCo v2+CLD on ImageNet
 # (their ImageNet script: lr 0.2 at batch 512 is base 0.05 per 128 images, no warm-up). On ImageNet the
 # kNN monitor only runs after the last epoch: re-embedding 1.28M images every epoch costs a third of one.
@@ -76,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--wd", type=float, help="weight decay; " + from_recipes("wd") + " (the supplementary says 1e-4 throughout)")
     p.add_argument("--warmup-epochs", type=int, help="linear warmup from lr/100, then per-iteration cosine; " + from_recipes("warmup_epochs"))
     p.add_argument("--min-lr", type=float, default=1e-6, help="where the cosine ends")
-    p.add_argument("--aug", choices=["default", "aug-plus"], help="SPEC §2 recipes; " + from_recipes("aug"))
+    p.add_argument("--aug", choices=["default", "aug-plus"], help="the authors' recipes, lib/augment.py; " + from_recipes("aug"))
     p.add_argument("--erasing", action=argparse.BooleanOptionalAction, help="RandomErasing on every view; " + from_recipes("erasing"))
     # instance branch: NPID's memory bank, or MoCo's momentum encoder and queue
     p.add_argument("--moco", action="store_true", help="MoCo instead of NPID as the instance-level partner (CLDm)")

@@ -32,7 +32,8 @@ def cross_level_logits(g1, g2, k, temperature, iters=5, method="kmeans", **kmean
 
 def cld_terms(g1, g2, k, temperature, iters=5, **options):
     """(loss, group accuracy). Accuracy = how often an instance's nearest other-view centroid is
-    the group its other view fell into: the figure the authors log during training."""
+    the group its other view fell into, averaged over both directions; the authors' "Group acc"
+    (train_cifar_npid_cld.py) is the same figure for the first view's features only."""
     logits, targets = cross_level_logits(g1, g2, k, temperature, iters, **options)
     loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())   # mean of both directions
     accuracy = (logits.argmax(-1) == targets).float().mean()
