@@ -32,7 +32,8 @@ def cross_level_logits(g1, g2, k, temperature, iters=5, method="kmeans", **kmean
 
 def cld_terms(g1, g2, k, temperature, iters=5, **options):
     """(loss, group accuracy). Accuracy = how often an instance's nearest other-view centroid is
-    the group its other view fell into: the figure the authors log during training."""
+    the group its other view fell into, averaged over both directions; the authors' CIFAR scripts log
+    the view-1 direction only (logits[0] here)."""
     logits, targets = cross_level_logits(g1, g2, k, temperature, iters, **options)
     # The mean over the batch of each direction, then of the two: the same value as one mean over all
     # 2N rows, but summed in the order of the authors' training scripts, so it matches them to the bit.
