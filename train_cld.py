@@ -233,8 +233,13 @@ def main(args):
     batch_per_rank = args.batch_size // world
     peak_lr = args.lr * args.batch_size / 128
     if args.lam > 0 and args.clusters >= batch_per_rank:
+        zeros = (args.cluster_method == "kmeans" and args.kmeans == "euclidean" and args.kmeans_init == "first"
+                 and args.clusters > batch_per_rank)
         print(f"warning: --clusters {args.clusters} >= {batch_per_rank} images per process: every image becomes its own "
-              "group and CLD degenerates into a cross-view instance contrast within the batch (SPEC §1)", file=sys.stderr)
+              f"group and CLD (paper Eq. 3) degenerates into a cross-view instance contrast within the batch over "
+              f"{batch_per_rank} singleton groups"
+              + (f", plus {args.clusters - batch_per_rank} zero centroids of the authors' k-means, each adding a "
+                 "constant logit of 0" if zeros else ""), file=sys.stderr)
     if not args.resume and os.path.exists(os.path.join(args.out, "last.pth")):
         raise SystemExit(f"error: {args.out} already holds a run; continue it with --resume {args.out}/last.pth or pick another --out")
 
