@@ -55,7 +55,8 @@ def check_ranges(parser, args, ranges):
         value = getattr(args, name)
         for item in value if isinstance(value, list) else [value]:
             if item is not None and item not in allowed:
-                parser.error(f"{flag(name)} must be {allowed}, got {item}")
+                finite = "" if math.isfinite(item) else "finite and "
+                parser.error(f"{flag(name)} must be {finite}{allowed}, got {item}")
 
 
 def input_file(parser, name, path, what="a file"):
@@ -116,13 +117,24 @@ def output_file(parser, name, path):
     _creatable(parser, name, path)
 
 
+def message(error):
+    """str(error), but for an exception re-raised from a DataLoader worker, which carries the worker's
+    traceback in its text ('Caught X in DataLoader worker process 0.\nOriginal Traceback ...\nmodule.X: msg'),
+    only the original message."""
+    text = str(error)
+    if text.startswith("Caught ") and "\n" in text:
+        last = text.rstrip().splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
+
+
 def run_main(main, args, errors=()):
     """main(args); the failures a user can act on (bad dataset, bad checkpoint, a file that cannot be read
     or written, and `errors`) end the process with one line on stderr and exit status 1."""
     try:
         return main(args)
     except (DatasetError, CheckpointError, *errors) as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: {message(e)}")
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"error: {where}{e.strerror or e}")
