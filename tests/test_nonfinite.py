@@ -249,3 +249,23 @@ def test_jsonl_writes_null_for_non_finite_numbers(tmp_path):
     jsonl.append(tmp_path / "m.jsonl", record)
     jsonl.append(tmp_path / "m.jsonl", {"x": 1})
     assert len(strict_json_lines((tmp_path / "m.jsonl").read_text())) == 2
+
+
+# ---------------------------------------------------------------- several processes
+
+def test_a_nan_on_one_process_is_skipped_by_all(tmp_path):
+    """Only the last of two processes sees a NaN loss (its gradient stays finite): both must skip the step,
+    or their weights and banks part ways (or, as the bank update gathers, one waits for the other forever:
+    hence the short timeout; the run takes seconds)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "tests/dist_nan_worker.py", *TINY, "--batch-size", "128", "--epochs", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1", "NAN_STEPS": "2,3,7"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert torch.equal(rank0["bank"], rank1["bank"])
+    for key in rank0["model"]:
+        assert torch.equal(rank0["model"][key], rank1["model"][key]), key
+    [record] = strict_json_lines((out / "metrics.jsonl").read_text())
+    assert record["skipped_steps"] == 3 and math.isfinite(record["loss"])
