@@ -198,11 +198,12 @@ METRICS = ("loss", "loss_ins", "loss_cld", "group_acc")
 def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler, autocast, args, stop_requested=False):
     """One optimisation step. views: the two query views, plus the key view with --moco.
 
-    A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing: no optimizer step, no
-    bank update, no key-encoder update or enqueue, and the BatchNorm statistics its forward passes moved
-    are put back; only an fp16 GradScaler lowers its scale, as it must to recover. Every process takes
-    the same decision: the flag is all-reduced together with stop_requested (this process caught a
-    signal), one collective and one host sync per step, the one the loop already paid for the signal.
+    A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing:
+    no optimizer step, no bank update, no key-encoder update or enqueue, and the BatchNorm statistics its
+    forward passes moved are put back; only an fp16 GradScaler lowers its scale, as it must to recover.
+    Every process takes the same decision: the flag is all-reduced together with stop_requested (this
+    process caught a signal), one collective and one host sync per step, the one the loop already paid
+    for the signal.
     Returns (metrics [4], whether the step was applied, whether any process asked to stop).
     """
     # Buffers a forward pass moves: BatchNorm statistics of the online network (and of the key encoder).
@@ -224,7 +225,7 @@ def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler
     scaler.scale(loss_ins + args.lam * grad_scale * loss_cld).backward()
     scaler.unscale_(optimizer)  # the gradients at their true scale; nothing to do without fp16
     grads = [p.grad for p in raw_model.parameters() if p.grad is not None]
-    grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    grad_norm = total_norm(grads) if grads else torch.zeros((), device=loss.device)
     # A gradient norm beyond float32's range counts as non-finite; so does a BatchNorm statistic that overflowed
     # in a forward pass whose loss BatchNorm itself kept finite.
     statistics = torch.cat([buffer.flatten() for buffer in volatile if buffer.is_floating_point()] or [grad_norm[None]])
@@ -246,6 +247,13 @@ def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler
     scaler.update()
     metrics = torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
     return metrics, not any_bad, any_stop
+
+
+def total_norm(tensors):
+    """The 2-norm of all tensors together (torch.nn.utils.get_total_norm, which torch < 2.6 lacks)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def group_loss(g1, g2, step, args):
