@@ -63,6 +63,8 @@ def input_file(parser, name, path, what="a file"):
     """An existing, readable regular file, or parser.error naming the flag."""
     if path is None:
         return
+    if not path:
+        parser.error(f"{name} is empty; pass {what}")
     if not os.path.exists(path):
         parser.error(f"{name} {path} does not exist; pass {what}")
     if os.path.isdir(path):
@@ -74,6 +76,8 @@ def input_file(parser, name, path, what="a file"):
 def input_folder(parser, name, path, what="a folder"):
     """When path exists it must be a readable folder; a missing one is left to the loader, which knows
     what belongs there and where to get it."""
+    if path == "":
+        parser.error(f"{name} is empty; pass {what}")
     if path is None or not os.path.exists(path):
         return
     if not os.path.isdir(path):
@@ -95,6 +99,8 @@ def _creatable(parser, name, path):
 
 def output_folder(parser, name, path):
     """A folder that exists and is writable, or that can be created."""
+    if not path:
+        parser.error(f"{name} is empty; pass a folder (it is created when missing)")
     if os.path.exists(path):
         if not os.path.isdir(path):
             parser.error(f"{name} {path} is a file; pass a folder (it is created when missing)")
@@ -108,6 +114,8 @@ def output_file(parser, name, path):
     """A file path that can be written: not a folder, in a folder that exists or can be created."""
     if path is None:
         return
+    if not path:
+        parser.error(f"{name} is empty; pass the path of the file to write")
     if os.path.isdir(path):
         parser.error(f"{name} {path} is a folder; pass the path of the file to write")
     if os.path.exists(path):

@@ -80,6 +80,9 @@ CASES = [
      "error: --resume MISSING does not exist; pass a checkpoint, RUN/last.pth or RUN/epoch_N.pth"),
     ("train_cld", "--out FILE", "error: --out FILE is a file; pass a folder (it is created when missing)"),
     ("train_cld", "--out FILE/run", "error: --out FILE/run cannot be created: FILE is a file, not a folder"),
+    ("train_cld", "--out EMPTY", "error: --out is empty; pass a folder (it is created when missing)"),
+    ("train_cld", "--data EMPTY", "error: --data is empty; pass the dataset's root folder"),
+    ("train_cld", "--subset EMPTY", "error: --subset is empty; pass a subset file written by make_longtail.py"),
     # eval_knn.py
     ("eval_knn", "--ckpt CKPT --k 0", "error: --k must be positive, got 0"),
     ("eval_knn", "--ckpt CKPT --sigma -0.1", "error: --sigma must be positive, got -0.1"),
@@ -111,6 +114,7 @@ CASES = [
     ("eval_linear", "--ckpt MISSING",
      "error: --ckpt MISSING does not exist; pass a checkpoint written by train_cld.py (RUN/last.pth)"),
     ("eval_linear", "--ckpt CKPT --data FILE", "error: --data FILE is a file; pass the dataset's root folder"),
+    ("eval_linear", "--ckpt CKPT --export EMPTY", "error: --export is empty; pass the path of the file to write"),
     ("eval_linear", "--ckpt CKPT --export DIR", "error: --export DIR is a folder; pass the path of the file to write"),
     ("eval_linear", "--ckpt CKPT --export FILE/b.pth",
      "error: --export FILE/b.pth cannot be created: FILE is a file, not a folder"),
@@ -142,7 +146,7 @@ def fill(text, paths):
 
 @pytest.mark.parametrize("script,argv,expected", CASES, ids=[f"{s}:{a}" for s, a, _ in CASES])
 def test_flag_out_of_range_or_wrong_path(script, argv, expected, paths, capsys):
-    argv = fill(argv, paths).split()
+    argv = ["" if word == "EMPTY" else word for word in fill(argv, paths).split()]
     if script == "train_cld" and "--out" not in argv:
         argv += ["--out", paths["OUT"]]
     with pytest.raises(SystemExit) as stop:
