@@ -29,9 +29,25 @@ MOCO_CIFAR10 = dict(epochs=200, batch_size=256, lr=0.03, wd=8e-4, warmup_epochs=
 MOCO_IMAGENET = dict(epochs=200, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=0, clusters=120, lam=0.25, ins_t=0.2,
                      cld_t=0.4, instance_head="normlinear", group_head="normlinear", mlp=True, aug="aug-plus",
                      erasing=False, queue=65536, knn_every=0)
+# NPID+CLD on ImageNet: the supplementary (§2.1) gives batch 256 and lr 0.03 (0.015 per 128), batch 512
+# and lr 0.8 (0.2 per 128) on ImageNet-100, and weight decay 1e-4. It gives neither K nor lambda: we take
+# the ImageNet MoCo v2+CLD K 120 and the lambda 0.25 of the paper's ImageNet-100 sweep (Table 8).
+NPID_IMAGENET = dict(NPID_CIFAR10, batch_size=256, lr=0.015, wd=1e-4, clusters=120, lam=0.25, knn_every=0)
+
 ROWS = {
     ("npid", "cifar10"): Row("authors' scripts/cifar/train_cifar10_npid_cld.sh", NPID_CIFAR10),
+    ("npid", "cifar100"): Row("authors' scripts/cifar/train_cifar100_npid_cld.sh", dict(NPID_CIFAR10, clusters=200)),
+    ("npid", "stl10"): Row("supplementary §2.3: CIFAR's batch 256 and lr 0.03, 96 px", NPID_CIFAR10),
+    ("npid", "kitchen-hc"): Row("supplementary §2.2: CIFAR's settings, 80 epochs", dict(NPID_CIFAR10, epochs=80)),
+    ("npid", "imagenet"): Row("supplementary §2.1 (batch 256, lr 0.03, wd 1e-4); K and lambda ours", NPID_IMAGENET),
+    ("npid", "imagenet100"): Row("supplementary §2.1 (batch 512, lr 0.8, wd 1e-4); K and lambda ours",
+                                 dict(NPID_IMAGENET, batch_size=512, lr=0.2)),
     ("moco", "cifar10"): Row("authors' scripts/cifar/train_cifar10_moco_cld.sh", MOCO_CIFAR10),
+    ("moco", "cifar100"): Row("authors' scripts/cifar/train_cifar100_moco_cld.sh",
+                              dict(MOCO_CIFAR10, batch_size=128, wd=7e-4, clusters=100, lam=0.25, queue=4096,
+                                   aug="default", erasing=False)),
+    ("moco", "stl10"): Row("supplementary §2.3: CIFAR's settings, 96 px", MOCO_CIFAR10),
+    ("moco", "kitchen-hc"): Row("supplementary §2.2: CIFAR's settings, 80 epochs", dict(MOCO_CIFAR10, epochs=80)),
     ("moco", "imagenet"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh", MOCO_IMAGENET),
     ("moco", "imagenet100"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh (ImageNet's values)",
                                  MOCO_IMAGENET),
