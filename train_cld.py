@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -328,6 +328,134 @@ def seed_processes(args, rank, world, ckpt):
         rng.restore(states[rank % len(states)])
 
 
+@dataclass
+class Run:
+    """What the stages of a training run share: settings, process layout, data, network and its state."""
+    args: argparse.Namespace
+    rank: int
+    world: int
+    device: torch.device
+    spec: NetworkSpec
+    loader: DataLoader
+    sampler: EpochSampler
+    knn_train: torch.utils.data.Dataset
+    knn_test: torch.utils.data.Dataset
+    model: torch.nn.Module          # what the step calls: raw_model, compiled and/or wrapped in DDP
+    raw_model: torch.nn.Module      # what is saved and evaluated
+    partner: torch.nn.Module
+    cld: CrossLevel
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    autocast: object
+
+
+@dataclass
+class Progress:
+    """Where the run stands: the epoch, the steps of it already trained, the sums of METRICS over them, how
+    many of them were skipped for a non-finite value, and how many steps in a row were (across epochs; not
+    saved: a resumed run starts counting again)."""
+    epoch: int
+    step: int
+    sums: torch.Tensor
+    skipped: int = 0
+    bad_streak: int = 0
+
+    @classmethod
+    def start(cls, ckpt, device):
+        if ckpt is None:
+            return cls(0, 0, torch.zeros(len(METRICS), device=device))
+        return cls(ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device), ckpt.get("skipped_steps", 0))
+
+
+class StopSignal:
+    """SIGINT / SIGTERM set a flag; the step shares it with every process, so that all of them finish the
+    same step, save and exit with 128 + the signal."""
+
+    def __init__(self):
+        self.received = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: self.received.append(signum))
+
+    def __bool__(self):
+        return bool(self.received)
+
+    def exit_code(self):
+        return 128 + (self.received[0] if self.received else signal.SIGTERM)
+
+
+def save(run, progress, path):
+    state = {"config": vars(run.args), "network": asdict(run.spec), "model": run.raw_model.state_dict(),
+             "memory": run.partner.state_dict(), "optimizer": run.optimizer.state_dict(),
+             "scaler": run.scaler.state_dict(), "epoch": progress.epoch, "step": progress.step,
+             "sums": progress.sums.cpu(), "skipped_steps": progress.skipped}
+    refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
+    states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
+    if run.rank == 0:
+        checkpoint.save_atomic({**state, "rng": states}, path)
+
+
+def train_epoch(run, progress, stop, last_good):
+    """The rest of progress.epoch, step by step; saves and exits on a signal, or after --max-bad-steps
+    non-finite steps in a row. Returns the last lr."""
+    args, steps = run.args, run.sampler.steps_per_epoch
+    peak_lr = args.lr * args.batch_size / 128
+    run.model.train()
+    run.sampler.set_epoch(progress.epoch, progress.step)
+    run.loader.generator.manual_seed(hash((args.seed, run.rank, progress.epoch)) & 0xFFFFFFFF)  # replays workers' seeds
+    lr = lr_at(progress.epoch * steps + progress.step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
+    bar = tqdm(run.loader, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+               disable=run.rank != 0, leave=False, dynamic_ncols=True)
+    for step, (views, _, indices) in enumerate(bar, start=progress.step):
+        global_step = progress.epoch * steps + step
+        lr = lr_at(global_step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        views = [v.to(run.device, non_blocking=True) for v in views]
+        metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views,
+                                                indices.to(run.device, non_blocking=True), global_step,
+                                                run.optimizer, run.scaler, run.autocast, bool(stop))
+        progress.step = step + 1
+        if applied:
+            progress.sums += metrics
+            progress.bad_streak = 0
+        else:
+            progress.skipped, progress.bad_streak = progress.skipped + 1, progress.bad_streak + 1
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{progress.sums[0].item() / max(1, step + 1 - progress.skipped):.3f}", lr=f"{lr:.4f}")
+        if stopping:
+            save(run, progress, os.path.join(args.out, "last.pth"))
+            if run.rank == 0:
+                print(f"stopped by signal after epoch {progress.epoch} step {step + 1}; resume with --resume "
+                      f"{args.out}/last.pth", file=sys.stderr)
+            dist.cleanup()
+            sys.exit(stop.exit_code())
+        if progress.bad_streak >= args.max_bad_steps:  # the same count on every process
+            bar.close()
+            if run.rank == 0:
+                print(f"error: {progress.bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic "
+                      f"(epoch {progress.epoch + 1}, step {step + 1}, lr {lr:.4g}), each skipped; stopped: {last_good}; "
+                      f"lower --lr or raise --max-bad-steps", file=sys.stderr)
+            dist.cleanup()
+            sys.exit(1)
+    return lr
+
+
+def epoch_record(run, progress, lr, steps_run, train_seconds):
+    """The epoch's line of metrics.jsonl: means over the applied steps (null when none was), kNN, speed."""
+    args, steps = run.args, run.sampler.steps_per_epoch
+    dist.average_buffers(run.raw_model)
+    record = {"epoch": progress.epoch + 1, "lr": lr}
+    record.update(zip(METRICS, (dist.all_reduce_sum(progress.sums) / ((steps - progress.skipped) * run.world)).tolist()))
+    record["skipped_steps"] = progress.skipped
+    if (args.knn_every and (progress.epoch + 1) % args.knn_every == 0) or progress.epoch + 1 == args.epochs:
+        run.raw_model.eval()
+        with run.autocast:
+            record["knn_top1"], record["knn_top5"] = knn_eval(run.raw_model.embed, run.knn_train, run.knn_test,
+                                                              run.device, args.knn_k, args.ins_t, workers=args.workers)
+    record["images_per_s"] = steps_run * args.batch_size / train_seconds
+    return record
+
+
 def main(args):
     """Train; returns the model and the partner (for callers that import this script)."""
     rank, world, device = dist.setup()
@@ -335,18 +463,14 @@ def main(args):
     spec = NetworkSpec.from_config(vars(args), dataset_info(args.dataset).channels)
     partner_class = PARTNERS[args.partner]
 
-    # ---- data, model, partner, CLD, optimiser
+    # ---- data, network, partner, CLD term, optimiser
     loader, sampler, knn_train, knn_test = make_data(args, partner_class.views, rank, world, device)
     raw_model, partner, optimizer, scaler, autocast = make_network(args, spec, partner_class, sampler.size, world, device)
     cld = make_cross_level(args)
-    peak_lr = args.lr * args.batch_size / 128
 
     # ---- where to start: a checkpoint's position, or the beginning
-    start_epoch, start_step, sums, skipped = 0, 0, torch.zeros(len(METRICS), device=device), 0
     ckpt = load_resume(args, spec, raw_model, partner, optimizer, scaler, device) if args.resume else None
-    if ckpt is not None:
-        start_epoch, start_step, sums = ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device)
-        skipped = ckpt.get("skipped_steps", 0)  # steps of this epoch skipped for a non-finite loss or gradient
+    progress = Progress.start(ckpt, device)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
@@ -355,85 +479,22 @@ def main(args):
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
+    run = Run(args, rank, world, device, spec, loader, sampler, knn_train, knn_test, model, raw_model, partner, cld,
+              optimizer, scaler, autocast)
+    stop = StopSignal()
+    last_good = f"{args.resume} is untouched" if args.resume else "no checkpoint was written"
 
-    # SIGINT / SIGTERM: finish the current step, save, exit. Every process must stop at the same step,
-    # so the flag is summed over processes after each step.
-    stop_signal = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-
-    last_good = (f"{args.resume} is untouched" if args.resume else "no checkpoint was written")
-
-    def save(path, epoch, step):
-        state = {"config": vars(args), "network": asdict(spec), "model": raw_model.state_dict(),
-                 "memory": partner.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                 "epoch": epoch, "step": step, "sums": sums.cpu(), "skipped_steps": skipped}
-        refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
-        states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
-        if rank == 0:
-            checkpoint.save_atomic({**state, "rng": states}, path)
-
-    # ---- training loop
-    steps = sampler.steps_per_epoch
-    bad_streak = 0  # steps in a row skipped for a non-finite loss or gradient
-    for epoch in range(start_epoch, args.epochs):
-        model.train()
-        sampler.set_epoch(epoch, start_step)
-        loader.generator.manual_seed(hash((args.seed, rank, epoch)) & 0xFFFFFFFF)  # replays the workers' seeds on resume
-        lr = lr_at(epoch * steps + start_step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
-        started = time.time()
-        bar = tqdm(loader, total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{args.epochs}",
-                   disable=rank != 0, leave=False, dynamic_ncols=True)
-        for step, (views, _, indices) in enumerate(bar, start=start_step):
-            lr = lr_at(epoch * steps + step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            views = [v.to(device, non_blocking=True) for v in views]
-            metrics, applied, stop = train_step(model, raw_model, partner, cld, views, indices.to(device, non_blocking=True),
-                                                epoch * steps + step, optimizer, scaler, autocast, bool(stop_signal))
-            if applied:
-                sums += metrics
-                bad_streak = 0
-            else:
-                skipped, bad_streak = skipped + 1, bad_streak + 1
-            if step % 10 == 0:
-                bar.set_postfix(loss=f"{sums[0].item() / max(1, step + 1 - skipped):.3f}", lr=f"{lr:.4f}")
-            if stop:
-                save(os.path.join(args.out, "last.pth"), epoch, step + 1)
-                if rank == 0:
-                    print(f"stopped by signal after epoch {epoch} step {step + 1}; resume with --resume {args.out}/last.pth", file=sys.stderr)
-                dist.cleanup()
-                sys.exit(128 + (stop_signal[0] if stop_signal else signal.SIGTERM))
-            if bad_streak >= args.max_bad_steps:  # the same count on every process
-                bar.close()
-                if rank == 0:
-                    print(f"error: {bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic (epoch {epoch + 1}, "
-                          f"step {step + 1}, lr {lr:.4g}), each skipped; stopped: {last_good}; "
-                          f"lower --lr or raise --max-bad-steps", file=sys.stderr)
-                dist.cleanup()
-                sys.exit(1)
-        train_seconds = time.time() - started
-        n_steps_run = steps - start_step
-        start_step = 0
-
-        # ---- the epoch's record: means over the applied steps (null when none was), kNN, speed
-        dist.average_buffers(raw_model)
-        record = {"epoch": epoch + 1, "lr": lr}
-        record.update(zip(METRICS, (dist.all_reduce_sum(sums) / ((steps - skipped) * world)).tolist()))
-        record["skipped_steps"] = skipped
-        if (args.knn_every and (epoch + 1) % args.knn_every == 0) or epoch + 1 == args.epochs:
-            raw_model.eval()
-            with autocast:
-                record["knn_top1"], record["knn_top5"] = knn_eval(raw_model.embed, knn_train, knn_test, device,
-                                                                  args.knn_k, args.ins_t, workers=args.workers)
-        record["images_per_s"] = n_steps_run * args.batch_size / train_seconds
+    # ---- the loop: train an epoch, record it, save, log
+    while progress.epoch < args.epochs:
+        started, first_step = time.time(), progress.step
+        lr = train_epoch(run, progress, stop, last_good)
+        record = epoch_record(run, progress, lr, sampler.steps_per_epoch - first_step, time.time() - started)
         record["seconds"] = time.time() - started
-        sums.zero_()
-        skipped = 0
-        save(os.path.join(args.out, "last.pth"), epoch + 1, 0)
-        last_good = f"{args.out}/last.pth (epoch {epoch + 1}) holds the last good state"
-        if args.save_every and (epoch + 1) % args.save_every == 0:
-            save(os.path.join(args.out, f"epoch_{epoch + 1}.pth"), epoch + 1, 0)
+        progress = Progress(progress.epoch + 1, 0, progress.sums.zero_(), bad_streak=progress.bad_streak)
+        save(run, progress, os.path.join(args.out, "last.pth"))
+        last_good = f"{args.out}/last.pth (epoch {progress.epoch}) holds the last good state"
+        if args.save_every and progress.epoch % args.save_every == 0:
+            save(run, progress, os.path.join(args.out, f"epoch_{progress.epoch}.pth"))
         if rank == 0:
             jsonl.append(os.path.join(args.out, "metrics.jsonl"), record)
             tqdm.write(jsonl.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
