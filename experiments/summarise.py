@@ -204,12 +204,18 @@ def main():
         per_seed = " / ".join(f"{v:.1f}" for v in top1.get("per_seed", []))
         extra = ""
         if "many" in r:
-            extra = " (many " + ", ".join(f"{k} {fmt(r[k]['mean'], r[k]['std'])}" for k in ("many", "medium", "few")
+            extra = " (" + ", ".join(f"{k} {fmt(r[k]['mean'], r[k]['std'])}" for k in ("many", "medium", "few")
                                          if k in r) + ")"
         walls = " / ".join(f"{w:.0f}" for w in r["wall_s"] if w is not None)
         lines.append(f"| {r['title']} | {r['arm']} | {fmt(top1.get('mean'), top1.get('std'))}{extra} | "
                      f"{fmt(top5.get('mean'), top5.get('std'))} | {per_seed} | {','.join(map(str, r['seeds']))} | "
                      f"{r['budget']} | {walls} |")
+    shots = [r["eval_knn"] for r in runs.values() if r and "eval_knn" in r and "many_above" in r["eval_knn"]]
+    if shots:
+        knn = shots[0]
+        lines += ["", f"many / medium / few: mean per-class top-1 of eval_knn.py over classes with more than "
+                  f"{knn['many_above']} training images / {knn['few_below']} to {knn['many_above']} / fewer than "
+                  f"{knn['few_below']}" + (" (no class has fewer here)" if knn.get("few") is None else "") + "."]
     lines += ["", "## What the spread allows", ""]
     lines += [f"- {title}: {v}." for _, title, v in rows]
     if any(r["comparison"] == "gather" for r in records):
