@@ -178,6 +178,13 @@ def main():
                     record["conclusion"] = v
             rows.append((comp, title, v))
 
+    # Elapsed time of the whole set: from the earliest start (end time of a run's .wall file minus its wall
+    # time) to the latest end, and the sum of the runs' wall times.
+    spans = [(os.path.getmtime(os.path.join(args.runs, r["name"] + ".wall")), r["wall_s"])
+             for r in runs.values() if r and r.get("wall_s") is not None]
+    elapsed = (max(end for end, _ in spans) - min(end - wall for end, wall in spans)) if spans else None
+    total = sum(wall for _, wall in spans)
+
     untrained = untrained_digits()
     with open(args.out + ".jsonl", "w") as f:
         for (comp, arm, seed), run in sorted(runs.items()):
@@ -222,6 +229,9 @@ def main():
         lines += ["", "Group accuracy (%, mean ± std) in the 2-process runs: " + "; ".join(
             f"{r['arm']} {fmt(100 * r['group_acc']['mean'], 100 * r['group_acc']['std'] if r['group_acc']['std'] is not None else None)}"
             for r in records if r["comparison"] == "gather")]
+    if elapsed is not None:
+        lines += ["", f"{len(spans)} runs; from the first start to the last end {elapsed / 60:.0f} minutes, "
+                  f"sum of the runs' wall times {total / 60:.0f} minutes."]
     lines += ["", f"Untrained ResNet-20 on digits (weights of `torch.manual_seed(0)`, as "
               f"`tests/test_train.py::test_training_beats_the_untrained_network`): top-1 {untrained[0]:.1f}, "
               f"top-5 {untrained[1]:.1f}.", "", "## Commands", ""]
