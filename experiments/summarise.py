@@ -11,7 +11,6 @@ but the names of the comparisons and arms.
 """
 import argparse
 import json
-import math
 import os
 import re
 import statistics
