@@ -425,15 +425,16 @@ def train_epoch(run, progress, stop, last_good):
         if stopping:
             save(run, progress, os.path.join(args.out, "last.pth"))
             if run.rank == 0:
-                print(f"stopped by signal after epoch {progress.epoch} step {step + 1}; resume with --resume "
-                      f"{args.out}/last.pth", file=sys.stderr)
+                print(f"stopped by signal in epoch {progress.epoch + 1}/{args.epochs} after step {step + 1} of {steps}; "
+                      f"resume with --resume {args.out}/last.pth", file=sys.stderr)
             dist.cleanup()
             sys.exit(stop.exit_code())
         if progress.bad_streak >= args.max_bad_steps:  # the same count on every process
             bar.close()
             if run.rank == 0:
                 print(f"error: {progress.bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic "
-                      f"(epoch {progress.epoch + 1}, step {step + 1}, lr {lr:.4g}), each skipped; stopped: {last_good}; "
+                      f"(epoch {progress.epoch + 1}/{args.epochs}, step {step + 1} of {steps}, lr {lr:.4g}), each skipped; "
+                      f"stopped: {last_good}; "
                       f"lower --lr or raise --max-bad-steps", file=sys.stderr)
             dist.cleanup()
             sys.exit(1)

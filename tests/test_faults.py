@@ -1,0 +1,62 @@
+"""Faults a shared cluster produces: preemption, full disks, two runs in one folder, broken files. Each
+ends without a traceback and loses nothing that was finished."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_cld
+from lib import cli
+from tests.common import ROOT
+
+TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
+        "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
+STEPS = 1437 // 64  # steps per epoch of TINY: 22
+
+
+@pytest.fixture
+def no_signal_handlers(monkeypatch):
+    """main() installs SIGINT/SIGTERM handlers; in-process runs must not leave them in pytest."""
+    monkeypatch.setattr(train_cld.signal, "signal", lambda *a: None)
+
+
+def signal_after(monkeypatch, steps, signum=signal.SIGTERM):
+    """The run behaves as if `signum` arrived during its `steps`-th step (counted from this start): the next
+    step carries the request to every process, then the run saves and exits."""
+    class Stop(train_cld.StopSignal):
+        asked = 0
+
+        def __bool__(self):
+            Stop.asked += 1
+            if Stop.asked > steps:
+                self.received[:1] = [signum]
+            return bool(self.received)
+    monkeypatch.setattr(train_cld, "StopSignal", Stop)
+
+
+def start(*argv, env=None):
+    return subprocess.Popen([sys.executable, "train_cld.py", *map(str, argv)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------- numbering
+
+def test_stop_message_counts_epochs_as_the_progress_bar_does(tmp_path, monkeypatch, capsys, no_signal_handlers):
+    signal_after(monkeypatch, STEPS + 4)  # the signal comes during step 4 of epoch 2; step 5 carries it
+    args = train_cld.parse_args([*TINY, "--epochs", "3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        train_cld.main(args)
+    assert stop.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert f"stopped by signal in epoch 2/3 after step 5 of {STEPS}; resume with --resume {tmp_path}/last.pth" in err
+    saved = torch.load(tmp_path / "last.pth", weights_only=True)
+    assert (saved["epoch"], saved["step"]) == (1, 5)  # epoch 2 counted from 1 is index 1 counted from 0
