@@ -6,12 +6,17 @@
 Flags left unset take the authors' settings for the partner and dataset (lib/recipes.py; --print-config
 shows every resolved value and where it came from); --lam 0 trains the plain partner.
 """
+import signal
+import sys
+
+# Ctrl-C while the imports below load (seconds, for torch) ends quietly, as lib/cli.run_main makes it later on.
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import argparse
 import contextlib
 import os
 import random
-import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 

@@ -60,3 +60,23 @@ def test_stop_message_counts_epochs_as_the_progress_bar_does(tmp_path, monkeypat
     assert f"stopped by signal in epoch 2/3 after step 5 of {STEPS}; resume with --resume {tmp_path}/last.pth" in err
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
     assert (saved["epoch"], saved["step"]) == (1, 5)  # epoch 2 counted from 1 is index 1 counted from 0
+
+
+# ---------------------------------------------------------------- Ctrl-C during start-up
+
+def test_ctrl_c_while_main_starts_exits_quietly_with_130():
+    def main(args):
+        raise KeyboardInterrupt
+    with pytest.raises((SystemExit, KeyboardInterrupt)) as stop:
+        cli.run_main(main, None)
+    assert stop.type is SystemExit and stop.value.code == 130
+
+
+@pytest.mark.parametrize("after", [1.5, 4.0])
+def test_ctrl_c_during_imports_and_data_loading_exits_quietly_with_130(after, tmp_path):
+    proc = start(*TINY, "--epochs", "1", "--out", tmp_path / "run")
+    time.sleep(after)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
