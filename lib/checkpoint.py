@@ -30,12 +30,22 @@ TRUST_HINT = ("if it is a checkpoint of an earlier version of this project and y
               "python convert_checkpoint.py --trust-checkpoint {path} NEW.pth")
 
 
+def umask():
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj, path):
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file. The file
+    gets the mode any file the process creates gets (0666 less the umask), as config.json does; mkstemp's
+    0600 would hide checkpoints from the rest of a group."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
         os.replace(tmp, path)
@@ -135,7 +145,7 @@ def legacy_rng(state):
 
 
 def write_json_atomic(obj, path):
-    tmp = path + ".tmp"
+    tmp = os.fspath(path) + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)

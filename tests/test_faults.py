@@ -3,6 +3,7 @@ ends without a traceback and loses nothing that was finished."""
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import train_cld
-from lib import cli
+from lib import checkpoint, cli
 from tests.common import ROOT
 
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
@@ -80,3 +81,17 @@ def test_ctrl_c_during_imports_and_data_loading_exits_quietly_with_130(after, tm
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-2000:]
+
+
+# ---------------------------------------------------------------- shared folders: file modes
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_checkpoints_follow_the_umask_as_config_json_does(mask, tmp_path):
+    old = os.umask(mask)
+    try:
+        checkpoint.save_atomic({"a": 1}, tmp_path / "last.pth")
+        checkpoint.write_json_atomic({"a": 1}, tmp_path / "config.json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "last.pth").st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE(os.stat(tmp_path / "config.json").st_mode) == 0o666 & ~mask
