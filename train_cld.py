@@ -315,10 +315,40 @@ def load_resume(args, spec, raw_model, partner, optimizer, scaler, device):
     for name, theirs, ours in saved.differences(spec):
         raise CheckpointError(f"{args.resume} holds a network with {name} {theirs}, this run builds {ours}")
     checkpoint.load_model_state(raw_model, ckpt["model"], args.resume)
-    partner.load_state_dict(ckpt["memory"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    for key, what, target in (("memory", "partner", partner), ("optimizer", "optimizer", optimizer),
+                              ("scaler", "gradient scaler", scaler)):
+        try:
+            if not isinstance(ckpt[key], dict):
+                raise TypeError(f"a {type(ckpt[key]).__name__}, not a dict")
+            target.load_state_dict(ckpt[key])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            reason = (str(e).splitlines() or [""])[0].strip() or type(e).__name__
+            raise CheckpointError(f"{args.resume} cannot be resumed: its {what} state ({key!r}) does not fit this "
+                                  f"run: {reason}") from None
+    check_position(ckpt, args.resume)
     return ckpt
+
+
+def check_position(ckpt, path):
+    """The entries that say where a checkpoint stands must be what save() writes."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    problems = [
+        (not count(ckpt["epoch"]), f"epoch {ckpt['epoch']!r} is not a count"),
+        (not count(ckpt["step"]), f"step {ckpt['step']!r} is not a count"),
+        (not count(ckpt.get("skipped_steps", 0)), f"skipped_steps {ckpt.get('skipped_steps')!r} is not a count"),
+        (not (isinstance(ckpt["sums"], torch.Tensor) and ckpt["sums"].dim() in (1, 2)
+              and ckpt["sums"].shape[-1] == len(METRICS)),
+         f"sums {tuple(getattr(ckpt['sums'], 'shape', ()))} is not [{len(METRICS)}] or [processes, {len(METRICS)}]"),
+        (not (isinstance(ckpt["rng"], list) and ckpt["rng"] and all(isinstance(state, dict) and
+                                                                     {"torch", "numpy", "python"} <= state.keys()
+                                                                     for state in ckpt["rng"])),
+         "rng is not a list of per-process generator states"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise CheckpointError(f"{path} cannot be resumed: its {what}; pass a last.pth or epoch_N.pth written "
+                                  "by train_cld.py")
 
 
 def seed_processes(args, rank, world, ckpt):
@@ -330,7 +360,11 @@ def seed_processes(args, rank, world, ckpt):
         states = ckpt["rng"]
         if len(states) != world:
             print(f"warning: resuming {len(states)}-process RNG state on {world} processes: not bit-exact", file=sys.stderr)
-        rng.restore(states[rank % len(states)])
+        try:
+            rng.restore(states[rank % len(states)])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"{args.resume} cannot be resumed: its RNG state of process {rank % len(states)} "
+                                  f"is damaged ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
 
 
 @dataclass

@@ -95,3 +95,64 @@ def test_checkpoints_follow_the_umask_as_config_json_does(mask, tmp_path):
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "last.pth").st_mode) == 0o666 & ~mask
     assert stat.S_IMODE(os.stat(tmp_path / "config.json").st_mode) == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------- paths and damaged checkpoints
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A finished one-epoch run of TINY (and its last.pth), trained in a subprocess."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    r = subprocess.run([sys.executable, "train_cld.py", *TINY, "--epochs", "1", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def damage(ckpt, how):
+    if how == "memory-bank":
+        del ckpt["memory"]["bank"]
+    elif how == "optimizer-groups":
+        del ckpt["optimizer"]["param_groups"]
+    elif how == "optimizer-state":
+        ckpt["optimizer"] = {"state": {}}
+    elif how == "scaler":
+        ckpt["scaler"] = "fp16"
+    elif how == "rng-empty":
+        ckpt["rng"] = []
+    elif how == "rng-entry":
+        del ckpt["rng"][0]["numpy"]
+    elif how == "sums":
+        ckpt["sums"] = torch.zeros(2)
+    elif how == "epoch":
+        ckpt["epoch"] = "one"
+    elif how == "model-entry":
+        del ckpt["model"][next(iter(ckpt["model"]))]
+    elif how == "network":
+        ckpt["network"] = {"arch": "resnet20"}
+
+
+@pytest.mark.parametrize("how", ["memory-bank", "optimizer-groups", "optimizer-state", "scaler", "rng-empty",
+                                 "rng-entry", "sums", "epoch", "model-entry", "network"])
+def test_a_checkpoint_missing_an_entry_is_one_line(how, one_epoch, tmp_path, capsys, no_signal_handlers):
+    ckpt = torch.load(one_epoch / "last.pth", weights_only=True)
+    damage(ckpt, how)
+    torch.save(ckpt, tmp_path / "damaged.pth")
+    args = train_cld.parse_args([*TINY, "--epochs", "2", "--resume", str(tmp_path / "damaged.pth"),
+                                 "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main(train_cld.main, args)
+    assert isinstance(stop.value.code, str) and stop.value.code.startswith("error: "), stop.value.code
+    assert "damaged.pth" in stop.value.code and "\n" not in stop.value.code
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_a_folder_as_checkpoint_or_resume_is_one_line(one_epoch, tmp_path, capsys):
+    for argv in (["eval_knn.py", "--ckpt", one_epoch], ["eval_linear.py", "--ckpt", one_epoch],
+                 ["train_cld.py", *TINY, "--resume", one_epoch, "--out", tmp_path / "run"]):
+        with pytest.raises(SystemExit) as stop:
+            module = {"eval_knn.py": "eval_knn", "eval_linear.py": "eval_linear", "train_cld.py": "train_cld"}[argv[0]]
+            __import__(module).parse_args([str(a) for a in argv[1:]])
+        assert stop.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"{one_epoch} is a folder" in err, err
