@@ -298,13 +298,15 @@ def make_network(args, spec, partner_class, dataset_size, world, device):
     return raw_model, partner, optimizer, scaler, autocast
 
 
-def load_resume(args, spec, raw_model, partner, optimizer, scaler, device):
+def load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, train_images):
     """Restore a checkpoint into the run; returns it (its position, sums and RNG states)."""
     ckpt = checkpoint.load(args.resume, device, trust=args.trust_checkpoint, needs=RESUME_CONFIG)
     absent = [key for key in RESUME_STATE if key not in ckpt]
     if absent:
         raise CheckpointError(f"{args.resume} cannot be resumed: it lacks {', '.join(absent)}; "
                               "pass a last.pth or epoch_N.pth written by train_cld.py")
+    check_position(ckpt, args.resume)
+    check_same_steps(args, ckpt, world, train_images)
     if args.trust_checkpoint:
         ckpt = checkpoint.convert_legacy(ckpt)
     saved = checkpoint.network_spec(ckpt, args.resume, spec.in_channels)
@@ -325,8 +327,29 @@ def load_resume(args, spec, raw_model, partner, optimizer, scaler, device):
             reason = (str(e).splitlines() or [""])[0].strip() or type(e).__name__
             raise CheckpointError(f"{args.resume} cannot be resumed: its {what} state ({key!r}) does not fit this "
                                   f"run: {reason}") from None
-    check_position(ckpt, args.resume)
     return ckpt
+
+
+def step_settings(config, world, train_images):
+    """What decides which images step s of an epoch trains on: (flag, value) pairs."""
+    return (("--batch-size", config.get("batch_size")), ("--seed", config.get("seed")),
+            ("processes (WORLD_SIZE)", world), ("--subset", "given" if config.get("subset") else "none"),
+            ("training images", train_images))
+
+
+def check_same_steps(args, ckpt, world, train_images):
+    """A checkpoint saved in the middle of an epoch resumes at its step, which means the same images only
+    with the same batch size, seed, number of processes and training set: refuse otherwise. At an epoch
+    boundary nothing of the old epoch is left to replay, and any of them may change."""
+    if ckpt["step"] == 0:
+        return
+    saved = step_settings(ckpt["config"], ckpt.get("world_size", len(ckpt["rng"])), ckpt.get("train_images"))
+    for (name, theirs), (_, ours) in zip(saved, step_settings(vars(args), world, train_images)):
+        if theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"{args.resume} stopped in the middle of epoch {ckpt['epoch'] + 1} (after step {ckpt['step']}) with "
+                f"{name} {theirs}; with {ours} its saved step would mean other images: resume with {name} {theirs}, "
+                f"or from a checkpoint saved at the end of an epoch (epoch_N.pth)")
 
 
 def check_position(ckpt, path):
@@ -426,7 +449,8 @@ def save(run, progress, path):
     state = {"config": vars(run.args), "network": asdict(run.spec), "model": run.raw_model.state_dict(),
              "memory": run.partner.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": progress.epoch, "step": progress.step,
-             "sums": progress.sums.cpu(), "skipped_steps": progress.skipped}
+             "sums": progress.sums.cpu(), "skipped_steps": progress.skipped, "world_size": run.world,
+             "train_images": run.sampler.size}
     refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
     states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
     if run.rank == 0:
@@ -509,7 +533,8 @@ def main(args):
     cld = make_cross_level(args)
 
     # ---- where to start: a checkpoint's position, or the beginning
-    ckpt = load_resume(args, spec, raw_model, partner, optimizer, scaler, device) if args.resume else None
+    ckpt = (load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, sampler.size)
+            if args.resume else None)
     progress = Progress.start(ckpt, device)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told

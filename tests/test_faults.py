@@ -156,3 +156,44 @@ def test_a_folder_as_checkpoint_or_resume_is_one_line(one_epoch, tmp_path, capsy
         assert stop.value.code == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"{one_epoch} is a folder" in err, err
+
+
+# ---------------------------------------------------------------- resuming with other settings
+
+@pytest.fixture(scope="module")
+def mid_epoch(tmp_path_factory):
+    """last.pth of a TINY run stopped after step 5 of epoch 1 (in a subprocess: SIGTERM after 5 steps)."""
+    out = tmp_path_factory.mktemp("mid_epoch")
+    code = ("import sys, train_cld; from lib import cli; from tests import test_faults as t\n"
+            "class M: setattr = staticmethod(setattr)\n"
+            "t.signal_after(M, 4); cli.run_main(train_cld.main, train_cld.parse_args(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, *TINY, "--epochs", "2", "--out", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    assert torch.load(out / "last.pth", weights_only=True)["step"] == 5
+    return out
+
+
+@pytest.mark.parametrize("flag,value", [("--batch-size", "128"), ("--seed", "1")])
+def test_a_mid_epoch_checkpoint_refuses_other_step_settings(flag, value, mid_epoch, tmp_path, no_signal_handlers):
+    argv = [*TINY, "--epochs", "2", "--resume", str(mid_epoch / "last.pth"), "--out", str(tmp_path / "run")]
+    args = train_cld.parse_args(argv + [flag, value])
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main(train_cld.main, args)
+    code = stop.value.code
+    assert isinstance(code, str) and "\n" not in code, code
+    assert code.startswith(f"error: {mid_epoch}/last.pth stopped in the middle of epoch 1 (after step 5) with {flag} ")
+    assert f"resume with {flag} " in code
+    assert not (tmp_path / "run" / "last.pth").exists()
+
+
+def test_step_settings_name_the_number_of_processes(mid_epoch):
+    ckpt = torch.load(mid_epoch / "last.pth", weights_only=True)
+    args = train_cld.parse_args([*TINY, "--resume", str(mid_epoch / "last.pth"), "--out", str(mid_epoch)])
+    train_cld.check_same_steps(args, ckpt, 1, 1437)
+    with pytest.raises(train_cld.CheckpointError, match=r"with processes \(WORLD_SIZE\) 1; with 2 "):
+        train_cld.check_same_steps(args, ckpt, 2, 1437)
+    with pytest.raises(train_cld.CheckpointError, match="with training images 1437; with 1000 "):
+        train_cld.check_same_steps(args, ckpt, 1, 1000)
+    ckpt["step"] = 0  # at an epoch boundary every setting may change
+    train_cld.check_same_steps(args, ckpt, 2, 1000)
