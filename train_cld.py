@@ -423,10 +423,16 @@ class Progress:
     bad_streak: int = 0
 
     @classmethod
-    def start(cls, ckpt, device):
+    def start(cls, ckpt, device, rank=0, world=1):
+        """The checkpoint's position, each process continuing its own sums ([processes, METRICS] since they
+        are saved per process; earlier checkpoints hold process 0's only, which every process then takes)."""
         if ckpt is None:
             return cls(0, 0, torch.zeros(len(METRICS), device=device))
-        return cls(ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device), ckpt.get("skipped_steps", 0))
+        sums = ckpt["sums"]
+        if sums.dim() == 2:
+            # Another number of processes only resumes at an epoch boundary (check_same_steps): all zero there.
+            sums = sums[rank] if len(sums) == world else torch.zeros(len(METRICS))
+        return cls(ckpt["epoch"], ckpt["step"], sums.to(device), ckpt.get("skipped_steps", 0))
 
 
 class StopSignal:
@@ -449,12 +455,13 @@ def save(run, progress, path):
     state = {"config": vars(run.args), "network": asdict(run.spec), "model": run.raw_model.state_dict(),
              "memory": run.partner.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": progress.epoch, "step": progress.step,
-             "sums": progress.sums.cpu(), "skipped_steps": progress.skipped, "world_size": run.world,
-             "train_images": run.sampler.size}
+             "skipped_steps": progress.skipped, "world_size": run.world, "train_images": run.sampler.size}
     refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
-    states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
+    # Every process's RNG and partial sums of the epoch, so that a multi-process resume is exact and each
+    # process logs its own numbers.
+    states, sums = zip(*dist.gather_objects((rng.capture(), progress.sums.cpu())))
     if run.rank == 0:
-        checkpoint.save_atomic({**state, "rng": states}, path)
+        checkpoint.save_atomic({**state, "sums": torch.stack(sums), "rng": list(states)}, path)
 
 
 def train_epoch(run, progress, stop, last_good):
@@ -535,7 +542,7 @@ def main(args):
     # ---- where to start: a checkpoint's position, or the beginning
     ckpt = (load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, sampler.size)
             if args.resume else None)
-    progress = Progress.start(ckpt, device)
+    progress = Progress.start(ckpt, device, rank, world)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,

@@ -87,3 +87,27 @@ def test_two_process_moco_cld_with_gathered_groups(tmp_path):
         assert torch.equal(rank0["model"][key], rank1["model"][key]), key
     record = json.loads((out / "metrics.jsonl").read_text())
     assert 0 < record["group_acc"] <= 1 and 0 <= record["knn_top1"] <= 100
+
+
+def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
+    """Stopped after step 5 of 11, resumed: the epoch's logged means equal the uninterrupted run's, which
+    needs each process's partial sums back, not process 0's on both."""
+    tiny = ["--dataset", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--clusters", "10",
+            "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
+    r = torchrun("tests/dist_worker.py", *tiny, "--out", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AFTER": "4"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "tests/dist_stop_worker.py", *tiny, "--out", str(stopped)],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode != 0 and "stopped by signal in epoch 1/1 after step 5 of 11" in r.stderr, r.stderr[-3000:]
+    saved = torch.load(stopped / "last.pth", weights_only=True)
+    assert saved["step"] == 5 and saved["sums"].shape == (2, 4)
+    assert not torch.equal(saved["sums"][0], saved["sums"][1])  # each process saw other images
+    r = torchrun("train_cld.py", *tiny, "--resume", str(stopped / "last.pth"), "--out", str(stopped))
+    assert r.returncode == 0, r.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text())
+    resumed = json.loads((stopped / "metrics.jsonl").read_text())
+    for key in ("loss", "loss_ins", "loss_cld", "group_acc"):
+        assert resumed[key] == whole[key], key
