@@ -18,7 +18,7 @@ import contextlib
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lib import checkpoint, cli, dist, jsonl, recipes, rng
+from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder
 from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
 from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
@@ -374,6 +374,14 @@ def check_position(ckpt, path):
                                   "by train_cld.py")
 
 
+def repair_metrics(args, progress):
+    """metrics.jsonl of a resumed run: one line per epoch the checkpoint finished, whatever moment the
+    previous process died at. A checkpoint resumed into another folder starts that folder's log afresh."""
+    path = os.path.join(args.out, "metrics.jsonl")
+    if os.path.exists(path) or os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), args.out):
+        runfolder.report_repair(path, *runfolder.repair_metrics(path, progress.epoch, progress.records))
+
+
 def seed_processes(args, rank, world, ckpt):
     """From here on each process draws its own augmentations; a resumed run continues its saved streams."""
     torch.manual_seed(args.seed + rank)
@@ -421,6 +429,7 @@ class Progress:
     sums: torch.Tensor
     skipped: int = 0
     bad_streak: int = 0
+    records: list = field(default_factory=list)  # the finished epochs' lines of metrics.jsonl, saved with the state
 
     @classmethod
     def start(cls, ckpt, device, rank=0, world=1):
@@ -432,7 +441,8 @@ class Progress:
         if sums.dim() == 2:
             # Another number of processes only resumes at an epoch boundary (check_same_steps): all zero there.
             sums = sums[rank] if len(sums) == world else torch.zeros(len(METRICS))
-        return cls(ckpt["epoch"], ckpt["step"], sums.to(device), ckpt.get("skipped_steps", 0))
+        return cls(ckpt["epoch"], ckpt["step"], sums.to(device), ckpt.get("skipped_steps", 0),
+                   records=list(ckpt.get("records", [])))
 
 
 class StopSignal:
@@ -455,7 +465,8 @@ def save(run, progress, path):
     state = {"config": vars(run.args), "network": asdict(run.spec), "model": run.raw_model.state_dict(),
              "memory": run.partner.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": progress.epoch, "step": progress.step,
-             "skipped_steps": progress.skipped, "world_size": run.world, "train_images": run.sampler.size}
+             "skipped_steps": progress.skipped, "world_size": run.world, "train_images": run.sampler.size,
+             "records": progress.records}
     refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
     # Every process's RNG and partial sums of the epoch, so that a multi-process resume is exact and each
     # process logs its own numbers.
@@ -551,6 +562,8 @@ def main(args):
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
         checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
+        if ckpt is not None:
+            repair_metrics(args, progress)
     run = Run(args, rank, world, device, spec, loader, sampler, knn_train, knn_test, model, raw_model, partner, cld,
               optimizer, scaler, autocast)
     stop = StopSignal()
@@ -562,7 +575,8 @@ def main(args):
         lr = train_epoch(run, progress, stop, last_good)
         record = epoch_record(run, progress, lr, sampler.steps_per_epoch - first_step, time.time() - started)
         record["seconds"] = time.time() - started
-        progress = Progress(progress.epoch + 1, 0, progress.sums.zero_(), bad_streak=progress.bad_streak)
+        progress = Progress(progress.epoch + 1, 0, progress.sums.zero_(), bad_streak=progress.bad_streak,
+                            records=progress.records + [jsonl.strict(record)])
         save(run, progress, os.path.join(args.out, "last.pth"))
         last_good = f"{args.out}/last.pth (epoch {progress.epoch}) holds the last good state"
         if args.save_every and progress.epoch % args.save_every == 0:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train_cld
-from lib import checkpoint, cli
+from lib import checkpoint, cli, runfolder
 from tests.common import ROOT
 
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
@@ -197,3 +197,49 @@ def test_step_settings_name_the_number_of_processes(mid_epoch):
         train_cld.check_same_steps(args, ckpt, 1, 1000)
     ckpt["step"] = 0  # at an epoch boundary every setting may change
     train_cld.check_same_steps(args, ckpt, 2, 1000)
+
+
+# ---------------------------------------------------------------- metrics.jsonl and the checkpoint agree
+
+def killed_before_logging(out, epoch, *argv):
+    """Train TINY in a subprocess that dies (os._exit, as SIGKILL would) right after saving `epoch`'s
+    checkpoint, before appending its line to metrics.jsonl."""
+    code = ("import os, sys, train_cld; from lib import cli, jsonl\n"
+            "real = jsonl.append\n"
+            f"def append(path, record):\n    os._exit(137) if record['epoch'] == {epoch} else real(path, record)\n"
+            "train_cld.jsonl.append = append\n"
+            "cli.run_main(train_cld.main, train_cld.parse_args(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, *TINY, *argv, "--out", str(out)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 137, r.stderr[-3000:]
+
+
+def test_death_between_checkpoint_and_log_line_loses_no_epoch(tmp_path):
+    out = tmp_path / "run"
+    killed_before_logging(out, 1, "--epochs", "2")
+    assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1 and not (out / "metrics.jsonl").exists()
+    r = subprocess.run([sys.executable, "train_cld.py", *TINY, "--epochs", "2", "--resume", str(out / "last.pth"),
+                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [record["epoch"] for record in records(out)] == [1, 2]
+    assert "restored the line of epoch 1 from the checkpoint" in r.stderr
+
+
+def test_repair_drops_later_epochs_and_a_torn_line_and_restores_missing_ones(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"epoch": 1, "loss": 3.0}\n{"epoch": 3, "loss": 1.0}\n{"epoch": 4, "loss": 0.5}\n{"epo')
+    saved = [{"epoch": 1, "loss": 3.0}, {"epoch": 2, "loss": 2.0}, {"epoch": 3, "loss": 1.0}]
+    assert runfolder.repair_metrics(str(path), 3, saved) == ([2], [4], [])
+    assert [json.loads(line) for line in path.read_text().splitlines()] == saved
+    assert runfolder.repair_metrics(str(path), 3, saved) == ([], [], [])       # nothing left to do
+    assert runfolder.repair_metrics(str(path), 4, saved[:1]) == ([], [], [4])  # a line no one holds any more
+    assert [json.loads(line)["epoch"] for line in path.read_text().splitlines()] == [1, 2, 3]
+
+
+def test_resume_from_an_earlier_snapshot_logs_each_epoch_once(tmp_path, no_signal_handlers):
+    out = tmp_path / "run"
+    train_cld.main(train_cld.parse_args([*TINY, "--epochs", "2", "--save-every", "1", "--out", str(out)]))
+    train_cld.main(train_cld.parse_args([*TINY, "--epochs", "2", "--resume", str(out / "epoch_1.pth"),
+                                         "--out", str(out)]))
+    assert [record["epoch"] for record in records(out)] == [1, 2]
