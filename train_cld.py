@@ -374,6 +374,29 @@ def check_position(ckpt, path):
                                   "by train_cld.py")
 
 
+def claim_run_folder(args, rank, world, ckpt, progress):
+    """Process 0 locks --out for the run's life (another run there stops here, on every process), removes
+    the temporaries killed writes left, writes config.json and brings metrics.jsonl in line with the
+    checkpoint resumed from."""
+    busy = None
+    if rank == 0:
+        try:
+            runfolder.lock(args.out)
+        except runfolder.FolderBusy as e:
+            busy = str(e)
+    busy = next((message for message in dist.gather_objects(busy) if message), None)
+    if busy:
+        raise runfolder.FolderBusy(busy)
+    if rank == 0:
+        removed = runfolder.remove_temporaries(args.out)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) that killed writes left in {args.out}: "
+                  f"{', '.join(removed)}", file=sys.stderr)
+        checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
+        if ckpt is not None:
+            repair_metrics(args, progress)
+
+
 def repair_metrics(args, progress):
     """metrics.jsonl of a resumed run: one line per epoch the checkpoint finished, whatever moment the
     previous process died at. A checkpoint resumed into another folder starts that folder's log afresh."""
@@ -559,11 +582,7 @@ def main(args):
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                         find_unused_parameters=args.lam == 0)
     seed_processes(args, rank, world, ckpt)
-    if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
-        if ckpt is not None:
-            repair_metrics(args, progress)
+    claim_run_folder(args, rank, world, ckpt, progress)
     run = Run(args, rank, world, device, spec, loader, sampler, knn_train, knn_test, model, raw_model, partner, cld,
               optimizer, scaler, autocast)
     stop = StopSignal()
@@ -585,6 +604,7 @@ def main(args):
             jsonl.append(os.path.join(args.out, "metrics.jsonl"), record)
             tqdm.write(jsonl.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
     dist.cleanup()
+    runfolder.release(args.out)
     return raw_model, partner
 
 

@@ -3,6 +3,7 @@ ends without a traceback and loses nothing that was finished."""
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -243,3 +244,59 @@ def test_resume_from_an_earlier_snapshot_logs_each_epoch_once(tmp_path, no_signa
     train_cld.main(train_cld.parse_args([*TINY, "--epochs", "2", "--resume", str(out / "epoch_1.pth"),
                                          "--out", str(out)]))
     assert [record["epoch"] for record in records(out)] == [1, 2]
+
+
+# ---------------------------------------------------------------- one run per folder; no litter
+
+HOLD = ("import sys, time; from lib import runfolder; runfolder.lock(sys.argv[1]); print('held', flush=True); "
+        "time.sleep(600)")
+
+
+def hold_lock(folder):
+    """Another process holding folder's lock, as a running train_cld.py does."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_in_a_busy_folder_refuses_and_removes_nothing(one_epoch, tmp_path, no_signal_handlers):
+    litter = one_epoch / ".tmp-live.pth"          # as a running run's write in progress
+    litter.write_bytes(b"half")
+    before = (one_epoch / "metrics.jsonl").read_bytes()
+    holder = hold_lock(one_epoch)
+    try:
+        args = train_cld.parse_args([*TINY, "--epochs", "2", "--resume", str(one_epoch / "last.pth"),
+                                     "--out", str(one_epoch)])
+        with pytest.raises(SystemExit) as stop:
+            cli.run_main(train_cld.main, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stop.value.code == (f"error: {one_epoch} is in use by another run (pid {holder.pid} on "
+                               f"{socket.gethostname()}, since " + stop.value.code.split(", since ")[1])
+    assert "pick another --out" in stop.value.code and "\n" not in stop.value.code
+    assert litter.exists() and (one_epoch / "metrics.jsonl").read_bytes() == before
+    litter.unlink()
+
+
+def test_a_dead_run_leaves_no_lock_and_its_temporaries_go(tmp_path, no_signal_handlers):
+    out = tmp_path / "run"
+    holder = hold_lock(out)
+    holder.send_signal(signal.SIGKILL)         # dies holding the lock
+    holder.wait()
+    (out / ".tmp-k2j4h5.pth").write_bytes(b"half a checkpoint")
+    (out / "config.json.tmp").write_text("{")
+    (out / "keep.txt").write_text("not ours")
+    train_cld.main(train_cld.parse_args([*TINY, "--epochs", "1", "--out", str(out)]))
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "config.json", "keep.txt", "last.pth", "metrics.jsonl"]
+
+
+def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
+    runfolder.lock(tmp_path)
+    runfolder.lock(tmp_path)                   # the same process again (in-process callers of main)
+    code = "import sys; from lib import runfolder; runfolder.lock(sys.argv[1])"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and f"pid {os.getpid()}" in r.stderr
+    runfolder.release(tmp_path)
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
