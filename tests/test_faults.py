@@ -300,3 +300,40 @@ def test_lock_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
     runfolder.release(tmp_path)
     r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------- full disks
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch, no_signal_handlers):
+    real = torch.save
+    calls = {"n": 0}
+
+    def save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second epoch's last.pth
+            raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 2048 vs 1986")
+        return real(obj, f, *a, **k)
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    args = train_cld.parse_args([*TINY, "--epochs", "2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit) as stop:
+        cli.run_main(train_cld.main, args)
+    code = stop.value.code
+    assert code.startswith(f"error: could not write {tmp_path}/last.pth ([enforce fail at inline_container.cc"), code
+    assert "it needs about 3 MiB (" in code and f"the previous {tmp_path}/last.pth is intact" in code
+    assert "\n" not in code
+    assert torch.load(tmp_path / "last.pth", weights_only=True)["epoch"] == 1
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_a_file_size_limit_ends_in_one_line(tmp_path):
+    """ulimit -f below the checkpoint's size, SIGXFSZ ignored as batch systems do: the write fails with EFBIG."""
+    code = ("import resource, signal, sys, train_cld; from lib import cli\n"
+            "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))\n"
+            "cli.run_main(train_cld.main, train_cld.parse_args(sys.argv[1:]))")
+    r = subprocess.run([sys.executable, "-c", code, *TINY, "--epochs", "1", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: could not write {tmp_path}/last.pth (") and "no earlier last.pth was there" in last
+    assert not (tmp_path / "last.pth").exists() and not list(tmp_path.glob(".tmp-*"))
