@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder
+from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
 from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
 from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
@@ -227,11 +227,6 @@ def refuse_non_finite(state, path):
                                   f"the checkpoint already there, if any, is kept")
 
 
-def ignore_sigint(worker_id):
-    """DataLoader workers ignore Ctrl-C: the main process saves a checkpoint and shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ---------------------------------------------------------------- the stages of main
 
 def resolved_config(args, world):
@@ -272,7 +267,7 @@ def make_data(args, views, rank, world, device):
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")
     loader = DataLoader(pretrain_set, batch_size=args.batch_size // world, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, generator=torch.Generator(),
-                        worker_init_fn=ignore_sigint)
+                        worker_init_fn=signals.ignore_stop_signals)  # the main process decides
     return loader, sampler, knn_train, knn_test
 
 
@@ -507,7 +502,8 @@ def train_epoch(run, progress, stop, last_good):
     run.sampler.set_epoch(progress.epoch, progress.step)
     run.loader.generator.manual_seed(hash((args.seed, run.rank, progress.epoch)) & 0xFFFFFFFF)  # replays workers' seeds
     lr = lr_at(progress.epoch * steps + progress.step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
-    bar = tqdm(run.loader, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+    batches = signals.start_workers(run.loader)  # workers that leave SIGINT / SIGTERM to this process
+    bar = tqdm(batches, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
                disable=run.rank != 0, leave=False, dynamic_ncols=True)
     for step, (views, _, indices) in enumerate(bar, start=progress.step):
         global_step = progress.epoch * steps + step

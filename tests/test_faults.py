@@ -337,3 +337,31 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: could not write {tmp_path}/last.pth (") and "no earlier last.pth was there" in last
     assert not (tmp_path / "last.pth").exists() and not list(tmp_path.glob(".tmp-*"))
+
+
+# ---------------------------------------------------------------- preemption with loader workers
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, tmp_path):
+    """SLURM's preemption (SIGTERM) and Ctrl-C (SIGINT) reach the workers too; they must leave it to the
+    main process, which saves at the current step and exits with 128 + the signal."""
+    out = tmp_path / "run"
+    argv = [*TINY, "--workers", "2", "--epochs", "2", "--knn-every", "1"]
+    proc = subprocess.Popen([sys.executable, "train_cld.py", *argv, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 120
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # epoch 1 and its kNN are done
+        time.sleep(0.05)
+    time.sleep(1.0)                                                          # workers of epoch 2 are busy
+    os.killpg(proc.pid, signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err[-3000:]
+    assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
+    assert "stopped by signal in epoch 2/2 after step " in err
+    saved = torch.load(out / "last.pth", weights_only=True)
+    assert saved["epoch"] == 1 and 0 < saved["step"] < STEPS
+    r = subprocess.run([sys.executable, "train_cld.py", *argv, "--resume", str(out / "last.pth"), "--out", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [record["epoch"] for record in records(out)] == [1, 2]
