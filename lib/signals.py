@@ -6,10 +6,14 @@ by signal' before it can save. So workers ignore both and the main process alone
 step, saves and shuts the workers down. Workers are started with both signals blocked, so that one arriving
 between the fork and ignore_stop_signals is discarded instead of killing the worker.
 """
+import atexit
 import contextlib
+import multiprocessing.util  # noqa: F401 (its exit hook joins daemonic children; ours, registered later, runs first)
 import signal
+import weakref
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_started = weakref.WeakSet()  # iterators whose workers ignore SIGTERM
 
 
 def ignore_stop_signals(worker_id=None):
@@ -33,4 +37,22 @@ def blocked():
 def start_workers(loader):
     """iter(loader), its worker processes started with the stop signals blocked until they ignore them."""
     with blocked():
-        return iter(loader)
+        batches = iter(loader)
+    _started.add(batches)
+    return batches
+
+
+@atexit.register
+def _end_workers():
+    """When the process exits while an iterator is still alive (an exception left the loop), its workers
+    are still running; multiprocessing would SIGTERM them, which they ignore, and wait forever. Shut them
+    down as the iterator does when it is used up (which also stops DataLoader watching them), then kill any
+    left."""
+    for batches in list(_started):
+        shutdown = getattr(batches, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        for worker in getattr(batches, "_workers", []):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
