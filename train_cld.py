@@ -31,7 +31,8 @@ from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
 from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
 from lib.cluster import grouping
-from lib.data import DATASET_NAMES, dataset_info, load_dataset
+from lib.data import (DATASET_NAMES, DatasetError, dataset_info, describe_unreadable, image_files, load_dataset,
+                      unreadable_images)
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
 from lib.models import ARCHS, HEADS, NetworkSpec
@@ -93,6 +94,10 @@ def parse_args(argv=None):
                    help="spectral: cosine with negatives set to 0 (ours) or |cos| (the authors' spectral_clustering.py)")
     # bookkeeping
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    p.add_argument("--check-images", default="auto", choices=["auto", "on", "off"],
+                   help="decode every image of a folder dataset (training and kNN test files) once before training "
+                        "and list the unreadable ones; auto: on up to 50,000 files (about a minute), off above, where "
+                        "a broken file stops the run at the step that meets it, naming the file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--knn-every", type=int, help="kNN monitor every N epochs, 0: only after the last; " + FROM_RECIPE)
     p.add_argument("--knn-k", type=int, default=200)
@@ -260,6 +265,7 @@ def make_data(args, views, rank, world, device):
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
+    check_images(args, image_files(pretrain_set) + image_files(knn_test), rank, world)
     if args.subset:  # train, and take the kNN bank, on the subset only; the test set stays whole
         pretrain_set, knn_train = subset_dataset(pretrain_set, args.subset), subset_dataset(knn_train, args.subset)
     sampler = EpochSampler(len(pretrain_set), args.batch_size // world, rank, world, args.seed)
@@ -269,6 +275,22 @@ def make_data(args, views, rank, world, device):
                         pin_memory=device.type == "cuda", drop_last=True, generator=torch.Generator(),
                         worker_init_fn=signals.ignore_stop_signals)  # the main process decides
     return loader, sampler, knn_train, knn_test
+
+
+CHECK_IMAGES_UP_TO = 50_000  # --check-images auto
+
+
+def check_images(args, paths, rank, world):
+    """Before any step: every image file decodes, or DatasetError listing those that do not. Each process
+    reads its share; all of them raise alike."""
+    if not paths or args.check_images == "off" or (args.check_images == "auto" and len(paths) > CHECK_IMAGES_UP_TO):
+        if paths and args.check_images == "auto" and rank == 0:
+            print(f"note: not checking the {len(paths)} image files before training (--check-images on does); a "
+                  "broken one stops the run when a step meets it, naming the file", file=sys.stderr)
+        return
+    bad = [item for share in dist.gather_objects(unreadable_images(paths[rank::world], args.workers)) for item in share]
+    if bad:
+        raise DatasetError(describe_unreadable(sorted(bad), len(paths)))
 
 
 def make_cross_level(args):

@@ -11,10 +11,12 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 import train_cld
-from lib import checkpoint, cli, runfolder
+from lib import checkpoint, cli, data, runfolder
 from tests.common import ROOT
+from tests.fixtures import write_imagefolder
 
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
         "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
@@ -365,3 +367,31 @@ def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, 
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert [record["epoch"] for record in records(out)] == [1, 2]
+
+
+# ---------------------------------------------------------------- broken images
+
+def test_broken_images_are_listed_before_training(tmp_path):
+    root = write_imagefolder(tmp_path / "tree", classes=2, n_per_class=4, size=16)
+    jpeg = tmp_path / "tree" / "train" / "class_0" / "img_9.jpg"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[:-200])                                    # truncated: opens, fails to load
+    png = tmp_path / "tree" / "val" / "class_1" / "img_2.png"
+    png.write_bytes(b"\x89PNG but nothing else")                                  # a kNN test file
+    argv = ["--dataset", "imagefolder", "--data", root, "--arch", "resnet20", "--image-size", "16",
+            "--batch-size", "4", "--clusters", "2", "--epochs", "1", "--workers", "1", "--out", tmp_path / "run"]
+    r = subprocess.run([sys.executable, "train_cld.py", *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    [line] = [line for line in r.stderr.splitlines() if line.strip()]
+    assert line.startswith("error: 2 of 17 image files cannot be read: ")
+    assert f"{jpeg} (" in line and f"{png} (not an image format PIL recognises)" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_unreadable_images_reads_every_file_with_workers(tmp_path):
+    root = write_imagefolder(tmp_path, classes=2, n_per_class=40, size=8, splits=("train",))
+    paths = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
+    (tmp_path / "train" / "class_1" / "img_33.png").write_bytes(b"")
+    bad = data.unreadable_images(paths, workers=2)
+    assert [path for path, _ in bad] == [str(tmp_path / "train" / "class_1" / "img_33.png")]
