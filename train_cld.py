@@ -98,6 +98,9 @@ def parse_args(argv=None):
                    help="decode every image of a folder dataset (training and kNN test files) once before training "
                         "and list the unreadable ones; auto: on up to 50,000 files (about a minute), off above, where "
                         "a broken file stops the run at the step that meets it, naming the file")
+    p.add_argument("--dist-timeout", type=float, default=1800,
+                   help="seconds a process waits for the others in a collective before the run stops with an error "
+                        "naming who did not answer (several processes only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--knn-every", type=int, help="kNN monitor every N epochs, 0: only after the last; " + FROM_RECIPE)
     p.add_argument("--knn-k", type=int, default=200)
@@ -133,7 +136,7 @@ RANGES = {
     "wd": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "dim": POSITIVE, "ins_t": POSITIVE,
     "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
     "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
-    "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
+    "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
 }
 
 
@@ -581,7 +584,7 @@ def epoch_record(run, progress, lr, steps_run, train_seconds):
 
 def main(args):
     """Train; returns the model and the partner (for callers that import this script)."""
-    rank, world, device = dist.setup()
+    rank, world, device = dist.setup(args.dist_timeout)
     check_run(args, world)
     spec = NetworkSpec.from_config(vars(args), dataset_info(args.dataset).channels)
     partner_class = PARTNERS[args.partner]
@@ -626,9 +629,15 @@ def main(args):
     return raw_model, partner
 
 
+def main_answering_for_peers(args):
+    """main, where a collective that another process left unanswered for --dist-timeout is one line."""
+    with dist.peers_answer(args.dist_timeout):
+        return main(args)
+
+
 if __name__ == "__main__":
     args = parse_args()
     if args.print_config:
         print(jsonl.dumps(resolved_config(args, int(os.environ.get("WORLD_SIZE", 1))), indent=2))
         sys.exit(0)
-    cli.run_main(main, args)
+    cli.run_main(main_answering_for_peers, args, errors=(dist.PeerTimeout,))

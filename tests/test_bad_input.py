@@ -58,6 +58,7 @@ CASES = [
     ("train_cld", "--ins-t 0", "error: --ins-t must be positive, got 0.0"),
     ("train_cld", "--cld-t -0.2", "error: --cld-t must be positive, got -0.2"),
     ("train_cld", "--cld-t inf", "error: --cld-t must be finite and positive, got inf"),
+    ("train_cld", "--dist-timeout 0", "error: --dist-timeout must be positive, got 0.0"),
     ("train_cld", "--lam -1", "error: --lam must be 0 or more, got -1.0"),
     ("train_cld", "--bank-momentum 1", "error: --bank-momentum must be in [0, 1), got 1.0"),
     ("train_cld", "--bank-momentum -0.5", "error: --bank-momentum must be in [0, 1), got -0.5"),

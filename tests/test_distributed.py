@@ -1,8 +1,10 @@
 """Two CPU processes with the gloo backend, launched by torchrun exactly as a user would."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -111,3 +113,38 @@ def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
     resumed = json.loads((stopped / "metrics.jsonl").read_text())
     for key in ("loss", "loss_ins", "loss_cld", "group_acc"):
         assert resumed[key] == whole[key], key
+
+
+def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
+    """SIGSTOP on process 1 (a stalled node): process 0 stops after --dist-timeout seconds with one line
+    instead of blocking for torch's default half hour."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_cld.py",
+           "--dataset", "digits", "--arch", "resnet20", "--epochs", "3", "--batch-size", "64", "--clusters", "10",
+           "--workers", "0", "--knn-every", "0", "--dist-timeout", "5", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while not (out / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # training
+    workers = {}
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        rank = next(int(item[5:]) for item in environ if item.startswith(b"RANK="))
+        workers[rank] = int(pid)
+    os.kill(workers[1], signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        while os.path.exists(f"/proc/{workers[0]}") and time.time() < stopped + 120:
+            if open(f"/proc/{workers[0]}/stat").read().split()[2] == "Z":
+                break
+            time.sleep(0.2)
+        waited = time.time() - stopped
+    finally:
+        os.kill(workers[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert waited < 60, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert lines and lines[0].startswith("error: process 0 waited more than --dist-timeout 5 s for "), err[-3000:]
+    assert "Traceback" not in err.split(lines[0])[0], err[-3000:]
