@@ -257,6 +257,8 @@ def check_run(args, world):
               f"{per_process} singleton groups"
               + (f", plus {args.clusters - per_process} zero centroids of the authors' k-means, each adding a "
                  "constant logit of 0" if zeros else ""), file=sys.stderr)
+    if os.path.isdir(args.out) and dist.rank() == 0:
+        runfolder.lock(args.out)  # a run still going there is named now, not taken for a finished one below
     if not args.resume and os.path.exists(os.path.join(args.out, "last.pth")):
         raise SystemExit(f"error: {args.out} already holds a run; continue it with --resume {args.out}/last.pth or pick another --out")
 

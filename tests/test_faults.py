@@ -395,3 +395,14 @@ def test_unreadable_images_reads_every_file_with_workers(tmp_path):
     (tmp_path / "train" / "class_1" / "img_33.png").write_bytes(b"")
     bad = data.unreadable_images(paths, workers=2)
     assert [path for path, _ in bad] == [str(tmp_path / "train" / "class_1" / "img_33.png")]
+
+
+def test_a_fresh_run_in_the_folder_of_a_running_one_names_the_running_one(one_epoch, no_signal_handlers):
+    holder = hold_lock(one_epoch)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            cli.run_main(train_cld.main, train_cld.parse_args([*TINY, "--epochs", "2", "--out", str(one_epoch)]))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert stop.value.code.startswith(f"error: {one_epoch} is in use by another run (pid {holder.pid} on ")
