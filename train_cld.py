@@ -6,14 +6,19 @@
 Flags left unset take the authors' settings for the partner and dataset (lib/recipes.py; --print-config
 shows every resolved value and where it came from); --lam 0 trains the plain partner.
 """
+import signal
+import sys
+
+# Ctrl-C while the imports below load (seconds, for torch) ends quietly, as lib/cli.run_main makes it later on.
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, lambda signum, frame: sys.exit(128 + signum))
+
 import argparse
 import contextlib
 import os
 import random
-import signal
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -21,12 +26,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lib import checkpoint, cli, dist, jsonl, recipes, rng
+from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
 from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
 from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
 from lib.cluster import grouping
-from lib.data import DATASET_NAMES, dataset_info, load_dataset
+from lib.data import (DATASET_NAMES, DatasetError, dataset_info, describe_unreadable, image_files, load_dataset,
+                      unreadable_images)
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
 from lib.models import ARCHS, HEADS, NetworkSpec
@@ -88,6 +94,13 @@ def parse_args(argv=None):
                    help="spectral: cosine with negatives set to 0 (ours) or |cos| (the authors' spectral_clustering.py)")
     # bookkeeping
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    p.add_argument("--check-images", default="auto", choices=["auto", "on", "off"],
+                   help="decode every image of a folder dataset (training and kNN test files) once before training "
+                        "and list the unreadable ones; auto: on up to 50,000 files (about a minute), off above, where "
+                        "a broken file stops the run at the step that meets it, naming the file")
+    p.add_argument("--dist-timeout", type=float, default=1800,
+                   help="seconds a process waits for the others in a collective before the run stops with an error "
+                        "naming who did not answer (several processes only)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--knn-every", type=int, help="kNN monitor every N epochs, 0: only after the last; " + FROM_RECIPE)
     p.add_argument("--knn-k", type=int, default=200)
@@ -123,7 +136,7 @@ RANGES = {
     "wd": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "dim": POSITIVE, "ins_t": POSITIVE,
     "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
     "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
-    "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
+    "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
 }
 
 
@@ -222,11 +235,6 @@ def refuse_non_finite(state, path):
                                   f"the checkpoint already there, if any, is kept")
 
 
-def ignore_sigint(worker_id):
-    """DataLoader workers ignore Ctrl-C: the main process saves a checkpoint and shuts them down."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 # ---------------------------------------------------------------- the stages of main
 
 def resolved_config(args, world):
@@ -249,6 +257,8 @@ def check_run(args, world):
               f"{per_process} singleton groups"
               + (f", plus {args.clusters - per_process} zero centroids of the authors' k-means, each adding a "
                  "constant logit of 0" if zeros else ""), file=sys.stderr)
+    if os.path.isdir(args.out) and dist.rank() == 0:
+        runfolder.lock(args.out)  # a run still going there is named now, not taken for a finished one below
     if not args.resume and os.path.exists(os.path.join(args.out, "last.pth")):
         raise SystemExit(f"error: {args.out} already holds a run; continue it with --resume {args.out}/last.pth or pick another --out")
 
@@ -260,6 +270,7 @@ def make_data(args, views, rank, world, device):
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
+    check_images(args, image_files(pretrain_set) + image_files(knn_test), rank, world)
     if args.subset:  # train, and take the kNN bank, on the subset only; the test set stays whole
         pretrain_set, knn_train = subset_dataset(pretrain_set, args.subset), subset_dataset(knn_train, args.subset)
     sampler = EpochSampler(len(pretrain_set), args.batch_size // world, rank, world, args.seed)
@@ -267,8 +278,24 @@ def make_data(args, views, rank, world, device):
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")
     loader = DataLoader(pretrain_set, batch_size=args.batch_size // world, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, generator=torch.Generator(),
-                        worker_init_fn=ignore_sigint)
+                        worker_init_fn=signals.ignore_stop_signals)  # the main process decides
     return loader, sampler, knn_train, knn_test
+
+
+CHECK_IMAGES_UP_TO = 50_000  # --check-images auto
+
+
+def check_images(args, paths, rank, world):
+    """Before any step: every image file decodes, or DatasetError listing those that do not. Each process
+    reads its share; all of them raise alike."""
+    if not paths or args.check_images == "off" or (args.check_images == "auto" and len(paths) > CHECK_IMAGES_UP_TO):
+        if paths and args.check_images == "auto" and rank == 0:
+            print(f"note: not checking the {len(paths)} image files before training (--check-images on does); a "
+                  "broken one stops the run when a step meets it, naming the file", file=sys.stderr)
+        return
+    bad = [item for share in dist.gather_objects(unreadable_images(paths[rank::world], args.workers)) for item in share]
+    if bad:
+        raise DatasetError(describe_unreadable(sorted(bad), len(paths)))
 
 
 def make_cross_level(args):
@@ -293,13 +320,15 @@ def make_network(args, spec, partner_class, dataset_size, world, device):
     return raw_model, partner, optimizer, scaler, autocast
 
 
-def load_resume(args, spec, raw_model, partner, optimizer, scaler, device):
+def load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, train_images):
     """Restore a checkpoint into the run; returns it (its position, sums and RNG states)."""
     ckpt = checkpoint.load(args.resume, device, trust=args.trust_checkpoint, needs=RESUME_CONFIG)
     absent = [key for key in RESUME_STATE if key not in ckpt]
     if absent:
         raise CheckpointError(f"{args.resume} cannot be resumed: it lacks {', '.join(absent)}; "
                               "pass a last.pth or epoch_N.pth written by train_cld.py")
+    check_position(ckpt, args.resume)
+    check_same_steps(args, ckpt, world, train_images)
     if args.trust_checkpoint:
         ckpt = checkpoint.convert_legacy(ckpt)
     saved = checkpoint.network_spec(ckpt, args.resume, spec.in_channels)
@@ -310,10 +339,92 @@ def load_resume(args, spec, raw_model, partner, optimizer, scaler, device):
     for name, theirs, ours in saved.differences(spec):
         raise CheckpointError(f"{args.resume} holds a network with {name} {theirs}, this run builds {ours}")
     checkpoint.load_model_state(raw_model, ckpt["model"], args.resume)
-    partner.load_state_dict(ckpt["memory"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    scaler.load_state_dict(ckpt["scaler"])
+    for key, what, target in (("memory", "partner", partner), ("optimizer", "optimizer", optimizer),
+                              ("scaler", "gradient scaler", scaler)):
+        try:
+            if not isinstance(ckpt[key], dict):
+                raise TypeError(f"a {type(ckpt[key]).__name__}, not a dict")
+            target.load_state_dict(ckpt[key])
+        except (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError) as e:
+            reason = (str(e).splitlines() or [""])[0].strip() or type(e).__name__
+            raise CheckpointError(f"{args.resume} cannot be resumed: its {what} state ({key!r}) does not fit this "
+                                  f"run: {reason}") from None
     return ckpt
+
+
+def step_settings(config, world, train_images):
+    """What decides which images step s of an epoch trains on: (flag, value) pairs."""
+    return (("--batch-size", config.get("batch_size")), ("--seed", config.get("seed")),
+            ("processes (WORLD_SIZE)", world), ("--subset", "given" if config.get("subset") else "none"),
+            ("training images", train_images))
+
+
+def check_same_steps(args, ckpt, world, train_images):
+    """A checkpoint saved in the middle of an epoch resumes at its step, which means the same images only
+    with the same batch size, seed, number of processes and training set: refuse otherwise. At an epoch
+    boundary nothing of the old epoch is left to replay, and any of them may change."""
+    if ckpt["step"] == 0:
+        return
+    saved = step_settings(ckpt["config"], ckpt.get("world_size", len(ckpt["rng"])), ckpt.get("train_images"))
+    for (name, theirs), (_, ours) in zip(saved, step_settings(vars(args), world, train_images)):
+        if theirs is not None and theirs != ours:
+            raise CheckpointError(
+                f"{args.resume} stopped in the middle of epoch {ckpt['epoch'] + 1} (after step {ckpt['step']}) with "
+                f"{name} {theirs}; with {ours} its saved step would mean other images: resume with {name} {theirs}, "
+                f"or from a checkpoint saved at the end of an epoch (epoch_N.pth)")
+
+
+def check_position(ckpt, path):
+    """The entries that say where a checkpoint stands must be what save() writes."""
+    def count(value):
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    problems = [
+        (not count(ckpt["epoch"]), f"epoch {ckpt['epoch']!r} is not a count"),
+        (not count(ckpt["step"]), f"step {ckpt['step']!r} is not a count"),
+        (not count(ckpt.get("skipped_steps", 0)), f"skipped_steps {ckpt.get('skipped_steps')!r} is not a count"),
+        (not (isinstance(ckpt["sums"], torch.Tensor) and ckpt["sums"].dim() in (1, 2)
+              and ckpt["sums"].shape[-1] == len(METRICS)),
+         f"sums {tuple(getattr(ckpt['sums'], 'shape', ()))} is not [{len(METRICS)}] or [processes, {len(METRICS)}]"),
+        (not (isinstance(ckpt["rng"], list) and ckpt["rng"] and all(isinstance(state, dict) and
+                                                                     {"torch", "numpy", "python"} <= state.keys()
+                                                                     for state in ckpt["rng"])),
+         "rng is not a list of per-process generator states"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise CheckpointError(f"{path} cannot be resumed: its {what}; pass a last.pth or epoch_N.pth written "
+                                  "by train_cld.py")
+
+
+def claim_run_folder(args, rank, world, ckpt, progress):
+    """Process 0 locks --out for the run's life (another run there stops here, on every process), removes
+    the temporaries killed writes left, writes config.json and brings metrics.jsonl in line with the
+    checkpoint resumed from."""
+    busy = None
+    if rank == 0:
+        try:
+            runfolder.lock(args.out)
+        except runfolder.FolderBusy as e:
+            busy = str(e)
+    busy = next((message for message in dist.gather_objects(busy) if message), None)
+    if busy:
+        raise runfolder.FolderBusy(busy)
+    if rank == 0:
+        removed = runfolder.remove_temporaries(args.out)
+        if removed:
+            print(f"note: removed {len(removed)} temporary file(s) that killed writes left in {args.out}: "
+                  f"{', '.join(removed)}", file=sys.stderr)
+        checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
+        if ckpt is not None:
+            repair_metrics(args, progress)
+
+
+def repair_metrics(args, progress):
+    """metrics.jsonl of a resumed run: one line per epoch the checkpoint finished, whatever moment the
+    previous process died at. A checkpoint resumed into another folder starts that folder's log afresh."""
+    path = os.path.join(args.out, "metrics.jsonl")
+    if os.path.exists(path) or os.path.samefile(os.path.dirname(os.path.abspath(args.resume)), args.out):
+        runfolder.report_repair(path, *runfolder.repair_metrics(path, progress.epoch, progress.records))
 
 
 def seed_processes(args, rank, world, ckpt):
@@ -325,7 +436,11 @@ def seed_processes(args, rank, world, ckpt):
         states = ckpt["rng"]
         if len(states) != world:
             print(f"warning: resuming {len(states)}-process RNG state on {world} processes: not bit-exact", file=sys.stderr)
-        rng.restore(states[rank % len(states)])
+        try:
+            rng.restore(states[rank % len(states)])
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as e:
+            raise CheckpointError(f"{args.resume} cannot be resumed: its RNG state of process {rank % len(states)} "
+                                  f"is damaged ({type(e).__name__}: {(str(e).splitlines() or [''])[0]})") from None
 
 
 @dataclass
@@ -359,12 +474,20 @@ class Progress:
     sums: torch.Tensor
     skipped: int = 0
     bad_streak: int = 0
+    records: list = field(default_factory=list)  # the finished epochs' lines of metrics.jsonl, saved with the state
 
     @classmethod
-    def start(cls, ckpt, device):
+    def start(cls, ckpt, device, rank=0, world=1):
+        """The checkpoint's position, each process continuing its own sums ([processes, METRICS] since they
+        are saved per process; earlier checkpoints hold process 0's only, which every process then takes)."""
         if ckpt is None:
             return cls(0, 0, torch.zeros(len(METRICS), device=device))
-        return cls(ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device), ckpt.get("skipped_steps", 0))
+        sums = ckpt["sums"]
+        if sums.dim() == 2:
+            # Another number of processes only resumes at an epoch boundary (check_same_steps): all zero there.
+            sums = sums[rank] if len(sums) == world else torch.zeros(len(METRICS))
+        return cls(ckpt["epoch"], ckpt["step"], sums.to(device), ckpt.get("skipped_steps", 0),
+                   records=list(ckpt.get("records", [])))
 
 
 class StopSignal:
@@ -387,11 +510,14 @@ def save(run, progress, path):
     state = {"config": vars(run.args), "network": asdict(run.spec), "model": run.raw_model.state_dict(),
              "memory": run.partner.state_dict(), "optimizer": run.optimizer.state_dict(),
              "scaler": run.scaler.state_dict(), "epoch": progress.epoch, "step": progress.step,
-             "sums": progress.sums.cpu(), "skipped_steps": progress.skipped}
+             "skipped_steps": progress.skipped, "world_size": run.world, "train_images": run.sampler.size,
+             "records": progress.records}
     refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
-    states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
+    # Every process's RNG and partial sums of the epoch, so that a multi-process resume is exact and each
+    # process logs its own numbers.
+    states, sums = zip(*dist.gather_objects((rng.capture(), progress.sums.cpu())))
     if run.rank == 0:
-        checkpoint.save_atomic({**state, "rng": states}, path)
+        checkpoint.save_atomic({**state, "sums": torch.stack(sums), "rng": list(states)}, path)
 
 
 def train_epoch(run, progress, stop, last_good):
@@ -403,7 +529,8 @@ def train_epoch(run, progress, stop, last_good):
     run.sampler.set_epoch(progress.epoch, progress.step)
     run.loader.generator.manual_seed(hash((args.seed, run.rank, progress.epoch)) & 0xFFFFFFFF)  # replays workers' seeds
     lr = lr_at(progress.epoch * steps + progress.step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
-    bar = tqdm(run.loader, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
+    batches = signals.start_workers(run.loader)  # workers that leave SIGINT / SIGTERM to this process
+    bar = tqdm(batches, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
                disable=run.rank != 0, leave=False, dynamic_ncols=True)
     for step, (views, _, indices) in enumerate(bar, start=progress.step):
         global_step = progress.epoch * steps + step
@@ -425,15 +552,16 @@ def train_epoch(run, progress, stop, last_good):
         if stopping:
             save(run, progress, os.path.join(args.out, "last.pth"))
             if run.rank == 0:
-                print(f"stopped by signal after epoch {progress.epoch} step {step + 1}; resume with --resume "
-                      f"{args.out}/last.pth", file=sys.stderr)
+                print(f"stopped by signal in epoch {progress.epoch + 1}/{args.epochs} after step {step + 1} of {steps}; "
+                      f"resume with --resume {args.out}/last.pth", file=sys.stderr)
             dist.cleanup()
             sys.exit(stop.exit_code())
         if progress.bad_streak >= args.max_bad_steps:  # the same count on every process
             bar.close()
             if run.rank == 0:
                 print(f"error: {progress.bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic "
-                      f"(epoch {progress.epoch + 1}, step {step + 1}, lr {lr:.4g}), each skipped; stopped: {last_good}; "
+                      f"(epoch {progress.epoch + 1}/{args.epochs}, step {step + 1} of {steps}, lr {lr:.4g}), each skipped; "
+                      f"stopped: {last_good}; "
                       f"lower --lr or raise --max-bad-steps", file=sys.stderr)
             dist.cleanup()
             sys.exit(1)
@@ -458,7 +586,7 @@ def epoch_record(run, progress, lr, steps_run, train_seconds):
 
 def main(args):
     """Train; returns the model and the partner (for callers that import this script)."""
-    rank, world, device = dist.setup()
+    rank, world, device = dist.setup(args.dist_timeout)
     check_run(args, world)
     spec = NetworkSpec.from_config(vars(args), dataset_info(args.dataset).channels)
     partner_class = PARTNERS[args.partner]
@@ -469,16 +597,15 @@ def main(args):
     cld = make_cross_level(args)
 
     # ---- where to start: a checkpoint's position, or the beginning
-    ckpt = load_resume(args, spec, raw_model, partner, optimizer, scaler, device) if args.resume else None
-    progress = Progress.start(ckpt, device)
+    ckpt = (load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, sampler.size)
+            if args.resume else None)
+    progress = Progress.start(ckpt, device, rank, world)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                         find_unused_parameters=args.lam == 0)
     seed_processes(args, rank, world, ckpt)
-    if rank == 0:
-        os.makedirs(args.out, exist_ok=True)
-        checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
+    claim_run_folder(args, rank, world, ckpt, progress)
     run = Run(args, rank, world, device, spec, loader, sampler, knn_train, knn_test, model, raw_model, partner, cld,
               optimizer, scaler, autocast)
     stop = StopSignal()
@@ -490,7 +617,8 @@ def main(args):
         lr = train_epoch(run, progress, stop, last_good)
         record = epoch_record(run, progress, lr, sampler.steps_per_epoch - first_step, time.time() - started)
         record["seconds"] = time.time() - started
-        progress = Progress(progress.epoch + 1, 0, progress.sums.zero_(), bad_streak=progress.bad_streak)
+        progress = Progress(progress.epoch + 1, 0, progress.sums.zero_(), bad_streak=progress.bad_streak,
+                            records=progress.records + [jsonl.strict(record)])
         save(run, progress, os.path.join(args.out, "last.pth"))
         last_good = f"{args.out}/last.pth (epoch {progress.epoch}) holds the last good state"
         if args.save_every and progress.epoch % args.save_every == 0:
@@ -499,7 +627,14 @@ def main(args):
             jsonl.append(os.path.join(args.out, "metrics.jsonl"), record)
             tqdm.write(jsonl.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
     dist.cleanup()
+    runfolder.release(args.out)
     return raw_model, partner
+
+
+def main_answering_for_peers(args):
+    """main, where a collective that another process left unanswered for --dist-timeout is one line."""
+    with dist.peers_answer(args.dist_timeout):
+        return main(args)
 
 
 if __name__ == "__main__":
@@ -507,4 +642,4 @@ if __name__ == "__main__":
     if args.print_config:
         print(jsonl.dumps(resolved_config(args, int(os.environ.get("WORLD_SIZE", 1))), indent=2))
         sys.exit(0)
-    cli.run_main(main, args)
+    cli.run_main(main_answering_for_peers, args, errors=(dist.PeerTimeout,))

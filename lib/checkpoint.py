@@ -11,6 +11,7 @@ them into the safe format.
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
@@ -30,18 +31,62 @@ TRUST_HINT = ("if it is a checkpoint of an earlier version of this project and y
               "python convert_checkpoint.py --trust-checkpoint {path} NEW.pth")
 
 
+def umask():
+    """The process's file-creation mask (os.umask can only be read by setting it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def save_atomic(obj, path):
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file. The file
+    gets the mode any file the process creates gets (0666 less the umask), as config.json does; mkstemp's
+    0600 would hide checkpoints from the rest of a group."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    existed = os.path.exists(path)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, (OSError, RuntimeError)) and not isinstance(e, NotImplementedError):
+            raise CheckpointWriteError(write_failure(e, path, folder, existed, tensor_bytes(obj))) from None
         raise
+
+
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, file-size limit, quota, I/O error); the file that was at
+    its path before is untouched."""
+
+
+def tensor_bytes(obj):
+    """The bytes of every tensor in a nested state: about the size of its file."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(value) for value in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(value) for value in obj)
+    return 0
+
+
+def write_failure(error, path, folder, existed, needed):
+    """One line: what failed, what the write needs against what the disk has, and what is kept."""
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+    else:  # torch's writer: '[enforce fail at inline_container.cc:...] . PytorchStreamWriter failed writing file ...'
+        reason = " ".join(str(error).split())[:160]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous {path} is intact" if existed else f"no earlier {os.path.basename(path)} was there"
+    return (f"could not write {path} ({reason}): it needs about {needed / 2**20:.0f} MiB ({free}; a file-size "
+            f"limit, ulimit -f, or a quota also stops it); {kept}")
 
 
 def read(path, device="cpu", trust=False):
@@ -135,7 +180,7 @@ def legacy_rng(state):
 
 
 def write_json_atomic(obj, path):
-    tmp = path + ".tmp"
+    tmp = os.fspath(path) + ".tmp"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)

@@ -3,11 +3,13 @@ checked before any work starts, and the expected failures of main turned into on
 import argparse
 import math
 import os
+import signal
 import sys
 from dataclasses import dataclass
 
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError
+from lib.runfolder import FolderBusy
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -137,11 +139,14 @@ def message(error):
 
 
 def run_main(main, args, errors=()):
-    """main(args); the failures a user can act on (bad dataset, bad checkpoint, a file that cannot be read
-    or written, and `errors`) end the process with one line on stderr and exit status 1."""
+    """main(args); the failures a user can act on (bad dataset, bad checkpoint, a run folder in use, a file
+    that cannot be read or written, and `errors`) end the process with one line on stderr and exit status 1. Ctrl-C before the
+    script has anything to save ends it quietly with 130, as a shell reports a process that SIGINT ended."""
     try:
         return main(args)
-    except (DatasetError, CheckpointError, *errors) as e:
+    except KeyboardInterrupt:
+        sys.exit(128 + signal.SIGINT)
+    except (DatasetError, CheckpointError, FolderBusy, *errors) as e:
         sys.exit(f"error: {message(e)}")
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

@@ -133,6 +133,48 @@ class FolderDataset(datasets.ImageFolder):
         return img, int(target), index
 
 
+class ImageCheck(torch.utils.data.Dataset):
+    """Decodes each file fully (a truncated JPEG opens and fails only on load); item i is '' or the reason."""
+
+    def __init__(self, paths):
+        self.paths = paths
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            with Image.open(self.paths[i]) as img:
+                img.load()
+            return ""
+        except UnidentifiedImageError:
+            return "not an image format PIL recognises"
+        except Exception as e:  # PIL's decoders raise OSError, SyntaxError, ValueError, ... for damaged files
+            return str(e) or type(e).__name__
+
+
+def image_files(dataset):
+    """The image files a folder dataset reads, or [] for datasets held in memory."""
+    return [path for path, _ in getattr(dataset, "samples", [])]
+
+
+def unreadable_images(paths, workers=0):
+    """[(path, reason)] for every file of paths that PIL cannot decode, read by `workers` processes."""
+    from lib import signals  # only here: lib.data stays importable without it
+    loader = torch.utils.data.DataLoader(ImageCheck(paths), batch_size=64, num_workers=workers, collate_fn=list,
+                                         worker_init_fn=signals.ignore_stop_signals)
+    reasons = [reason for batch in signals.start_workers(loader) for reason in batch]
+    return [(path, reason) for path, reason in zip(paths, reasons) if reason]
+
+
+def describe_unreadable(bad, total):
+    """One line for the files unreadable_images found."""
+    shown = "; ".join(f"{path} ({reason})" for path, reason in bad[:5])
+    more = f"; and {len(bad) - 5} more" if len(bad) > 5 else ""
+    return (f"{len(bad)} of {total} image files cannot be read: {shown}{more}; replace or remove them "
+            "(nothing was trained)")
+
+
 # What to do when a dataset's files are missing.
 HINTS = {
     "fashion-mnist": "install the Debian package dataset-fashion-mnist, or put the four "

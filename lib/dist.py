@@ -1,13 +1,22 @@
 """torch.distributed plumbing. Works unchanged for `python script.py` (one process, no
 process group) and `torchrun` (reads RANK / WORLD_SIZE / LOCAL_RANK from the environment)."""
+import contextlib
+import datetime
 import os
+import re
 
 import torch
 import torch.distributed as dist
 
 
-def setup():
-    """Returns (rank, world_size, device). nccl on GPUs, gloo on CPUs."""
+class PeerTimeout(Exception):
+    """A collective waited longer than the process group's timeout: another process stalled or died."""
+
+
+def setup(timeout_s=1800):
+    """Returns (rank, world_size, device). nccl on GPUs, gloo on CPUs. A collective that waits more than
+    timeout_s seconds for another process fails instead of blocking (torch's default: 10 min for nccl, 30 for
+    gloo)."""
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -17,7 +26,8 @@ def setup():
     else:
         device = torch.device("cpu")
     if world_size > 1:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
     return rank, world_size, device
 
 
@@ -98,3 +108,21 @@ def all_gather_with_grad(x):
     dist.all_gather(parts, x.detach().contiguous())
     parts[rank()] = x
     return torch.cat(parts)
+
+
+@contextlib.contextmanager
+def peers_answer(timeout_s):
+    """A collective that timed out becomes PeerTimeout, one line saying which process stopped answering when
+    the backend names it (gloo names the peer's address or rank), else that one of the others did."""
+    try:
+        yield
+    except RuntimeError as e:  # gloo raises a plain RuntimeError, nccl a DistBackendError (a RuntimeError)
+        text = " ".join(str(e).split())
+        if not is_distributed() or not re.search(r"[Tt]imed out|[Tt]imeout", text):
+            raise
+        found = re.search(r"\b(?:rank|Rank)[ :=]+(\d+)", text)
+        who = (f"process {found.group(1)}" if found else f"process {1 - rank()}" if world_size() == 2
+               else f"another of the {world_size()} processes")
+        raise PeerTimeout(f"process {rank()} waited more than --dist-timeout {timeout_s:g} s for {who} "
+                          f"(stalled: stopped, swapping or hung on I/O; or dead); stopping. Resume from the run's "
+                          "last.pth") from None

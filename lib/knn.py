@@ -2,7 +2,7 @@
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lib import dist
+from lib import dist, signals
 
 
 @torch.no_grad()
@@ -12,9 +12,9 @@ def extract_features(embed, dataset, device, batch_size=256, workers=0):
     rank, world = dist.rank(), dist.world_size()
     shard = Subset(dataset, range(rank, len(dataset), world))
     # A private generator: evaluating must not draw from the training run's global RNG.
-    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers,
-                        generator=torch.Generator().manual_seed(0))
-    parts = [embed(images.to(device, non_blocking=True)).float() for images, _, _ in loader]
+    loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(0),
+                        worker_init_fn=signals.ignore_stop_signals)  # a stop signal is the training loop's to act on
+    parts = [embed(images.to(device, non_blocking=True)).float() for images, _, _ in signals.start_workers(loader)]
     mine = torch.cat(parts) if parts else torch.empty(0, 0, device=device)
     gathered = dist.all_gather_uneven(mine)              # rank 0's items, then rank 1's, ...
     order = torch.cat([torch.arange(r, len(dataset), world) for r in range(world)])

@@ -58,6 +58,7 @@ CASES = [
     ("train_cld", "--ins-t 0", "error: --ins-t must be positive, got 0.0"),
     ("train_cld", "--cld-t -0.2", "error: --cld-t must be positive, got -0.2"),
     ("train_cld", "--cld-t inf", "error: --cld-t must be finite and positive, got inf"),
+    ("train_cld", "--dist-timeout 0", "error: --dist-timeout must be positive, got 0.0"),
     ("train_cld", "--lam -1", "error: --lam must be 0 or more, got -1.0"),
     ("train_cld", "--bank-momentum 1", "error: --bank-momentum must be in [0, 1), got 1.0"),
     ("train_cld", "--bank-momentum -0.5", "error: --bank-momentum must be in [0, 1), got -0.5"),
@@ -275,7 +276,8 @@ def test_corrupt_image_met_by_a_dataloader_worker(tmp_path):
     bad = tmp_path / "tree" / "train" / "class_1" / "img_2.png"
     bad.write_bytes(b"\x89PNG but nothing else")
     r = run("train_cld.py", "--dataset", "imagefolder", "--data", root, "--arch", "resnet20", "--image-size", "16",
-            "--batch-size", "4", "--clusters", "2", "--epochs", "1", "--workers", "1", "--out", tmp_path / "run")
+            "--batch-size", "4", "--clusters", "2", "--epochs", "1", "--workers", "1", "--check-images", "off",
+            "--out", tmp_path / "run")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.startswith("error")]
     assert lines == [f"error: {bad} is not a readable image (not an image format PIL recognises); replace or remove it"]

@@ -1,8 +1,10 @@
 """Two CPU processes with the gloo backend, launched by torchrun exactly as a user would."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import torch
 
@@ -87,3 +89,62 @@ def test_two_process_moco_cld_with_gathered_groups(tmp_path):
         assert torch.equal(rank0["model"][key], rank1["model"][key]), key
     record = json.loads((out / "metrics.jsonl").read_text())
     assert 0 < record["group_acc"] <= 1 and 0 <= record["knn_top1"] <= 100
+
+
+def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
+    """Stopped after step 5 of 11, resumed: the epoch's logged means equal the uninterrupted run's, which
+    needs each process's partial sums back, not process 0's on both."""
+    tiny = ["--dataset", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--clusters", "10",
+            "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
+    r = torchrun("tests/dist_worker.py", *tiny, "--out", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AFTER": "4"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "tests/dist_stop_worker.py", *tiny, "--out", str(stopped)],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    assert r.returncode != 0 and "stopped by signal in epoch 1/1 after step 5 of 11" in r.stderr, r.stderr[-3000:]
+    saved = torch.load(stopped / "last.pth", weights_only=True)
+    assert saved["step"] == 5 and saved["sums"].shape == (2, 4)
+    assert not torch.equal(saved["sums"][0], saved["sums"][1])  # each process saw other images
+    r = torchrun("train_cld.py", *tiny, "--resume", str(stopped / "last.pth"), "--out", str(stopped))
+    assert r.returncode == 0, r.stderr[-3000:]
+    whole = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text())
+    resumed = json.loads((stopped / "metrics.jsonl").read_text())
+    for key in ("loss", "loss_ins", "loss_cld", "group_acc"):
+        assert resumed[key] == whole[key], key
+
+
+def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
+    """SIGSTOP on process 1 (a stalled node): process 0 stops after --dist-timeout seconds with one line
+    instead of blocking for torch's default half hour."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_cld.py",
+           "--dataset", "digits", "--arch", "resnet20", "--epochs", "3", "--batch-size", "64", "--clusters", "10",
+           "--workers", "0", "--knn-every", "0", "--dist-timeout", "5", "--out", str(out)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while not (out / "config.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(2)  # training
+    workers = {}
+    for pid in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split():
+        environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        rank = next(int(item[5:]) for item in environ if item.startswith(b"RANK="))
+        workers[rank] = int(pid)
+    os.kill(workers[1], signal.SIGSTOP)
+    stopped = time.time()
+    try:
+        while os.path.exists(f"/proc/{workers[0]}") and time.time() < stopped + 120:
+            if open(f"/proc/{workers[0]}/stat").read().split()[2] == "Z":
+                break
+            time.sleep(0.2)
+        waited = time.time() - stopped
+    finally:
+        os.kill(workers[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert waited < 60, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert lines and lines[0].startswith("error: process 0 waited more than --dist-timeout 5 s for "), err[-3000:]
+    assert "Traceback" not in err.split(lines[0])[0], err[-3000:]

@@ -164,7 +164,7 @@ def test_a_run_of_bad_steps_stops_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert stop.value.code == 1
     errors = stderr_errors(capsys.readouterr().err)
     assert len(errors) == 1 and errors[0].startswith("error: 4 steps in a row had a non-finite loss")
-    assert "epoch 2, step 9" in errors[0] and f"{tmp_path}/last.pth (epoch 1)" in errors[0]
+    assert "epoch 2/3, step 9 of 22" in errors[0] and f"{tmp_path}/last.pth (epoch 1)" in errors[0]
     assert (tmp_path / "last.pth").read_bytes() == (tmp_path / "epoch_1.pth").read_bytes()
     assert not (tmp_path / "epoch_2.pth").exists()
     assert [r["epoch"] for r in strict_json_lines((tmp_path / "metrics.jsonl").read_text())] == [1]
