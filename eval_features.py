@@ -235,7 +235,8 @@ def evaluate(run, args):
     k_views = args.selection_clusters or classes
     sigma = args.sigma or config["ins_t"]
     result = {"run": run["name"], "checkpoint": run["path"], "epoch": run["epoch"], "dataset": config["dataset"],
-              "lam": config.get("lam"), "cld_t": config.get("cld_t"), "features": {}, "selection": {}}
+              "seed": config.get("seed"), "lam": config.get("lam"), "cld_t": config.get("cld_t"),
+              "features": {}, "selection": {}}
     for f in run["features"]:
         train, test = run["train"][f], run["test"][f]
         clusters = analysis.kmeans_labels(test, k_label, args.restarts, args.kmeans_iters, args.seed)
@@ -255,11 +256,12 @@ def evaluate(run, args):
     return round_floats(result)
 
 
-def round_floats(obj, digits=4):
+def round_floats(obj, digits=6):
+    """Significant digits rather than decimals: a selection score of 0.0012 keeps its precision too."""
     if isinstance(obj, dict):
         return {k: round_floats(v, digits) for k, v in obj.items()}
     if isinstance(obj, float) and math.isfinite(obj):
-        return round(obj, digits)
+        return float(f"{obj:.{digits}g}")
     return obj
 
 
@@ -289,14 +291,14 @@ def rank_runs(runs, args):
 def print_table(runs, ranking, args):
     out = sys.stderr
     head = f"{'run':<24} {'feature':<9} {'R(f,Y)':>7} {'NMI(f,Y)':>8} {'kNN':>6} {'ACC':>6} {'ARI':>6} " \
-           f"{'NMI(f,f)':>8} {'R(f,f)':>7} {'score':>6}"
+           f"{'NMI(f,f)':>8} {'R(f,f)':>7} {'score':>8}"
     print(head, file=out)
     for run in runs:
         res = run["result"]
         for f, m in res["features"].items():
             s = res["selection"][f]
             print(f"{run['name'][:24]:<24} {f:<9} {m['retrieval_top1']:7.2f} {m['nmi']:8.2f} {m['knn_top1']:6.2f} "
-                  f"{m['cluster_acc']:6.2f} {m['ari']:6.2f} {s['nmi']:8.3f} {s['r']:7.3f} {s['score']:6.3f}", file=out)
+                  f"{m['cluster_acc']:6.2f} {m['ari']:6.2f} {s['nmi']:8.4f} {s['r']:7.4f} {s['score']:8.2e}", file=out)
     if ranking:
         rho = ", ".join(f"{k} {v:.3f}" if v is not None and math.isfinite(v) else f"{k} undefined"
                         for k, v in ranking["spearman"].items())
@@ -322,7 +324,8 @@ def write_figures(runs, args):
     display = test_transform(info)  # native resolution: easier to recognise than the training size
     grid = [neighbour_images(r, queries, display) for r in runs[:2]]
     query_images = [to_image(image_of(test_set, q, display), info) for q in queries]
-    figures.save(figures.retrieval_figure(query_images, labels[queries], grid), os.path.join(folder, "retrieval.png"))
+    figures.save(figures.retrieval_figure(query_images, labels[queries], grid, names),
+                 os.path.join(folder, "retrieval.png"))
 
     sims = [(r["name"], {f: analysis.pair_similarities(r["views"][f][0][:args.hist_images],
                                                        r["views"][f][1][:args.hist_images])

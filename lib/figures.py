@@ -61,9 +61,9 @@ def _show(ax, image, colour=None):
             spine.set_linewidth(3)
 
 
-def retrieval_figure(queries, query_labels, runs):
-    """queries: images [Q, H, W(, 3)] in 0..1 with labels [Q]; runs: [(name, neighbour images [Q, k, H, W(, 3)],
-    neighbour labels [Q, k])] for two (or more) runs. One row per query: the query, then each run's k
+def retrieval_figure(queries, query_labels, runs, class_names=None):
+    """queries: images [Q, H, W(, 3)] in 0..1 with labels [Q] (named by class_names, if given);
+    runs: [(name, neighbour images [Q, k, H, W(, 3)], neighbour labels [Q, k])] for two (or more) runs. One row per query: the query, then each run's k
     neighbours, framed green when their class is the query's and red otherwise. Rows are sorted by how
     many neighbours the first run gets right, worst first, as the paper sorts by NPID's performance."""
     query_labels = np.asarray(query_labels)
@@ -74,7 +74,8 @@ def retrieval_figure(queries, query_labels, runs):
                              squeeze=False, gridspec_kw={"wspace": 0.08, "hspace": 0.08})
     for row, q in enumerate(order):
         _show(axes[row, 0], queries[q])
-        axes[row, 0].set_ylabel(f"class {query_labels[q]}", fontsize=7)
+        label = class_names[query_labels[q]] if class_names is not None else f"class {query_labels[q]}"
+        axes[row, 0].set_ylabel(label, fontsize=7)
         for r, (_, images, labels) in enumerate(runs):
             for j in range(k):
                 colour = CORRECT if labels[q][j] == query_labels[q] else WRONG

@@ -227,8 +227,9 @@ def test_retrieval_figure_frames_and_layout(tmp_path):
     labels = np.array([0, 1, 2])
     good = (np.random.rand(q, k, 6, 6), np.tile(labels[:, None], (1, k)))        # every neighbour right
     bad = (np.random.rand(q, k, 6, 6), np.tile((labels[:, None] + 1) % 3, (1, k)))  # every neighbour wrong
-    fig = figures.retrieval_figure(queries, labels, [("NPID", *bad), ("CLD", *good)])
+    fig = figures.retrieval_figure(queries, labels, [("NPID", *bad), ("CLD", *good)], ["cat", "dog", "cow"])
     assert len(fig.axes) == q * (1 + 2 * k)
+    assert {ax.get_ylabel() for ax in fig.axes[::1 + 2 * k]} == {"cat", "dog", "cow"}
     axes = np.array(fig.axes).reshape(q, 1 + 2 * k)
     colour = lambda ax: matplotlib.colors.to_hex(ax.spines["top"].get_edgecolor())  # noqa: E731
     assert {colour(ax) for ax in axes[:, 1:1 + k].ravel()} == {figures.WRONG}
