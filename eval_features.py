@@ -332,7 +332,8 @@ def write_figures(runs, args):
                          for f in ("f_I", "backbone")}) for r in runs]
     figures.save(figures.similarity_figure(sims), os.path.join(folder, "similarity.png"))
 
-    curves = read_curves([os.path.dirname(os.path.abspath(r["path"])) for r in runs] + list(args.curves))
+    folders = [(os.path.dirname(os.path.abspath(r["path"])), r["name"]) for r in runs]
+    curves = read_curves(folders + [(os.path.abspath(d), None) for d in args.curves])
     if curves:
         figures.save(figures.curves_figure(curves), os.path.join(folder, "curves.png"))
 
@@ -373,15 +374,17 @@ def neighbour_images(run, queries, display, k=8):
 
 
 def read_curves(folders):
-    """[(run folder name, records)] of every folder holding a metrics.jsonl (each folder once)."""
+    """[(name, records)] of every (folder, name) whose folder holds a metrics.jsonl, each folder once; a
+    missing name is the folder's."""
     out, seen = [], set()
-    for folder in folders:
+    for folder, name in folders:
         path = os.path.join(folder, "metrics.jsonl")
         if folder in seen or not os.path.isfile(path):
             continue
         seen.add(folder)
         with open(path) as f:
-            out.append((os.path.basename(os.path.normpath(folder)), [json.loads(line) for line in f if line.strip()]))
+            out.append((name or os.path.basename(os.path.normpath(folder)),
+                        [json.loads(line) for line in f if line.strip()]))
     return out
 
 

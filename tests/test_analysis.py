@@ -353,3 +353,14 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys):
     a = untrained_checkpoint(tmp_path / "one", 0)
     assert "cannot be created" in error_of(["--ckpt", a, "--figures", blocker / "sub"], capsys)
     assert "holds no metrics.jsonl" in error_of(["--ckpt", a, "--curves", tmp_path], capsys)
+
+
+def test_curves_are_named_like_their_checkpoints(tmp_path):
+    import eval_features
+    untrained_checkpoint(tmp_path / "run_a", 0)
+    untrained_checkpoint(tmp_path / "run_b", 0)
+    (tmp_path / "empty").mkdir()
+    curves = eval_features.read_curves([(str(tmp_path / "run_a"), "NPID"), (str(tmp_path / "run_a"), "again"),
+                                        (str(tmp_path / "run_b"), None), (str(tmp_path / "empty"), None)])
+    assert [name for name, _ in curves] == ["NPID", "run_b"]
+    assert curves[0][1][0]["knn_top1"] == 60.0
