@@ -5,7 +5,7 @@
 
 GMU_ROOT holds gmu_scene_001 ... gmu_scene_009, each with Images/rgb_<k>.png and
 Annotations/rgb_<k>.xml (PASCAL VOC boxes, 1-based, possibly written as floats). Every box of one
-of the 11 Kitchen-HC categories (SPEC §4) becomes one crop, clamped to the image and resized to
+of the 11 Kitchen-HC categories (paper Sec. 4, supplementary §1) becomes one crop, clamped to the image and resized to
 --size x --size, in DIR/train/<category>/ or DIR/test/<category>/ according to the dataset's scene
 fold. Objects of other categories are ignored. DIR appears only once every crop is written.
 """

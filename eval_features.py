@@ -34,7 +34,6 @@ from lib import analysis, checkpoint, dist
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, MultiView, dataset_info, load_dataset, subset_dataset, test_transform, train_transform
 from lib.knn import extract_features, knn_ranked, topk_accuracy
-from lib.models import build_model
 
 FEATURES = ("backbone", "f_I", "f_G")
 CLASS_NAMES = {"fashion-mnist": ("T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker",
@@ -72,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="dataset root, if it moved since training")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load checkpoints that hold more than tensors and plain values (of an earlier version) with "
+                        "full unpickling, which runs any code in them; only for files you trust")
     args = p.parse_args(argv)
     for name in ("restarts", "kmeans_iters", "k", "batch_size", "tsne_images", "grid_queries", "hist_images",
                  "selection_images", "clusters", "selection_clusters", "sigma"):
@@ -127,7 +129,7 @@ def run_name(path):
 def load_run(path, name, args, device):
     """The model of one checkpoint in eval mode, its config, and its labelled train (the bank: the subset the
     run trained on, if any) and test sets with the test transform."""
-    ckpt = checkpoint.load(path)
+    ckpt = checkpoint.load(path, trust=args.trust_checkpoint, needs=("ins_t", "data", "aug", "erasing"))
     config = ckpt["config"]
     info = dataset_info(config["dataset"])
     root = args.data or config["data"]
@@ -135,9 +137,7 @@ def load_run(path, name, args, device):
     test_set = load_dataset(config["dataset"], root, "test", test_transform(info, config["image_size"]))
     if config.get("subset"):
         train_set = subset_dataset(train_set, config["subset"])
-    model = build_model(config, info.channels)
-    checkpoint.load_model_state(model, ckpt["model"], path)
-    model.to(device).eval()
+    model = checkpoint.load_network(ckpt, path, info.channels).to(device).eval()
     features = list(args.features or (["backbone", "f_I"] + (["f_G"] if config.get("lam", 0) > 0 else [])))
     if args.selection_feature not in features:
         features.append(args.selection_feature)

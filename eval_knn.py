@@ -1,4 +1,4 @@
-"""Weighted kNN accuracy of a trained checkpoint (NPID's protocol, SPEC §3).
+"""Weighted kNN accuracy of a trained checkpoint (NPID's protocol, paper Sec. 4: k = 200).
 
     python eval_knn.py --ckpt runs/digits/last.pth
     torchrun --nproc_per_node=8 eval_knn.py --ckpt runs/imagenet/last.pth
@@ -20,7 +20,6 @@ from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, dataset_info, load_dataset, subset_dataset, test_transform
 from lib.knn import knn_predict, topk_accuracy
 from lib.longtail import class_counts, shot_accuracy
-from lib.models import build_model
 
 
 def parse_args(argv=None):
@@ -34,6 +33,9 @@ def parse_args(argv=None):
     p.add_argument("--few", type=int, default=20, help="few-shot classes have fewer training images than this (ImageNet-LT, OLTR: 20)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
+                        "with full unpickling, which runs any code in it; only for files you trust")
     args = p.parse_args(argv)
     if args.k <= 0 or args.batch_size <= 0 or (args.sigma is not None and args.sigma <= 0):
         p.error("--k, --batch-size and --sigma must be positive")
@@ -44,7 +46,7 @@ def parse_args(argv=None):
 
 def main(args):
     rank, world, device = dist.setup()
-    ckpt = checkpoint.load(args.ckpt)
+    ckpt = checkpoint.load(args.ckpt, trust=args.trust_checkpoint, needs=("ins_t", "data"))
     config = ckpt["config"]
     sigma = args.sigma or config["ins_t"]
     info = dataset_info(config["dataset"])
@@ -55,9 +57,7 @@ def main(args):
     if subset:  # the bank is what the run trained on
         train_set = subset_dataset(train_set, subset)
 
-    model = build_model(config, info.channels)
-    checkpoint.load_model_state(model, ckpt["model"], args.ckpt)
-    model.to(device).eval()
+    model = checkpoint.load_network(ckpt, args.ckpt, info.channels).to(device).eval()
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     with autocast:
         ranked, test_labels = knn_predict(model.embed, train_set, test_set, device, args.k, sigma, args.batch_size,
@@ -73,7 +73,7 @@ def main(args):
     result.update({"k": args.k, "sigma": sigma,
                    "features": "f_I (instance head), L2-normalised, recomputed with the test transform",
                    "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
-                   "epoch": ckpt["epoch"], "checkpoint": args.ckpt})
+                   "epoch": ckpt.get("epoch"), "checkpoint": args.ckpt})
     if rank == 0:
         print(json.dumps(result))
     dist.cleanup()

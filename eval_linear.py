@@ -1,4 +1,4 @@
-"""Linear evaluation, semi-supervised fine-tuning and backbone export of a trained checkpoint (SPEC §3).
+"""Linear evaluation, semi-supervised fine-tuning and backbone export of a trained checkpoint (paper Tables 1, 5, 6).
 
     python eval_linear.py --ckpt runs/digits/last.pth --cached-features        # the cheap path, CPU-sized
     torchrun --nproc_per_node=8 eval_linear.py --ckpt runs/in_cld/last.pth      # MoCo's linear protocol
@@ -36,11 +36,11 @@ from lib.knn import extract_features
 from lib.linear import (BackboneChanged, ExportError, balanced_subset, check_unchanged, linear_head, probe_transform,
                         snapshot, torchvision_state)
 from lib.longtail import class_counts, shot_accuracy
-from lib.models import build_model
 
-# Each mode's schedule (SPEC §3). linear: MoCo's protocol (He et al. 2020, main_lincls.py), used for the
-# paper's ImageNet, ImageNet-100 and ImageNet-LT tables and here for every dataset. finetune: the
-# OpenSelfSup semi-supervised recipe of the supplementary (§2.5), chosen there by a grid search.
+# Each mode's schedule. linear: MoCo's protocol (He et al. 2020, main_lincls.py), which the authors'
+# scripts/imagenet/test_imagenet_moco_cld.sh runs on their ImageNet models; used here for every
+# dataset. finetune: the semi-supervised recipe of the supplementary (§2, item 5: OpenSelfSup's
+# benchmark), chosen there by a grid search.
 RECIPES = {
     "linear": dict(epochs=100, lr=30.0, batch_size=256, wd=0.0, milestones=[60, 80], gamma=0.1),
     "finetune": dict(epochs=20, lr=0.01, batch_size=256, wd=1e-4, milestones=[12, 16], gamma=0.2),
@@ -73,7 +73,7 @@ def parse_args(argv=None):
                    help="finetune: the classifier's lr is --lr times this (CLD supplementary: 100)")
     p.add_argument("--batch-size", type=int, help="global batch over all processes; " + recipe_help("batch_size"))
     p.add_argument("--wd", type=float, help="weight decay; " + recipe_help("wd"))
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (MoCo, OpenSelfSup: 0.9)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (MoCo's main_lincls.py; supplementary §2: 0.9)")
     p.add_argument("--milestones", type=int, nargs="+", help="epochs at which the lr is multiplied by --gamma; "
                    + recipe_help("milestones"))
     p.add_argument("--gamma", type=float, help="lr step factor; " + recipe_help("gamma"))
@@ -84,6 +84,9 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="classifier init, data order and the labelled subset")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per forward pass when nothing is trained")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
+                        "with full unpickling, which runs any code in it; only for files you trust")
     args = p.parse_args(argv)
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
@@ -101,16 +104,6 @@ def parse_args(argv=None):
     if args.lr <= 0 or args.wd < 0:
         p.error("--lr must be positive and --wd non-negative")
     return args
-
-
-def load_backbone(ckpt, path, channels):
-    """The online network's backbone ("model", also in MoCo checkpoints, whose key encoder is skipped)."""
-    try:
-        model = build_model(ckpt["config"], channels)
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} describes a network this version cannot build ({e})")
-    checkpoint.load_model_state(model, ckpt["model"], path)
-    return model.backbone
 
 
 def export_backbone(backbone, config, channels, path, write):
@@ -229,7 +222,7 @@ def main(args):
     rank, world, device = dist.setup()
     if args.batch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} processes")
-    ckpt = checkpoint.load(args.ckpt)
+    ckpt = checkpoint.load(args.ckpt, trust=args.trust_checkpoint)
     config, pretrain_epoch = ckpt["config"], ckpt.get("epoch")
     dataset = args.dataset or config["dataset"]
     root = args.data if args.data is not None else config.get("data") if dataset == config["dataset"] else None
@@ -239,7 +232,8 @@ def main(args):
 
     # ---- model: the pretrained backbone; heads, memory bank and optimizer state are dropped
     torch.manual_seed(args.seed)
-    backbone = load_backbone(ckpt, args.ckpt, channels).to(device).eval()
+    # The online network's backbone ("model", also in MoCo checkpoints, whose key encoder is skipped).
+    backbone = checkpoint.load_network(ckpt, args.ckpt, channels).backbone.to(device).eval()
     del ckpt
     exported = export_backbone(backbone, config, channels, args.export, rank == 0) if args.export else {}
     if args.export_only:

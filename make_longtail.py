@@ -4,7 +4,7 @@
     python make_longtail.py --dataset imagenet-lt --data /path/to/imagenet --lists DIR --out runs/imagenet_lt.json
     python train_cld.py --dataset cifar10 --data ROOT --subset runs/cifar10_lt100.json --out runs/c10lt
 
-cifar10, cifar100, fashion-mnist and imagefolder: LDAM-DRW's exponential profile (SPEC §4): class i
+cifar10, cifar100, fashion-mnist and imagefolder: LDAM-DRW's exponential profile (its imbalance_cifar.py): class i
 keeps int(n_max * (1/ratio)^(i/(C-1))) images, class 0 the head, drawn after seeding numpy once.
 imagenet-lt: the released list ImageNet_LT_train.txt (read, never regenerated), mapped onto the
 ImageFolder of root/train; train with --dataset imagenet. Test sets stay balanced. Prints the
@@ -28,7 +28,7 @@ def parse_args(argv=None):
     p.add_argument("--dataset", required=True, choices=NAMES, help="imagenet-lt subsets --dataset imagenet")
     p.add_argument("--data", default=None, help="dataset root, as for train_cld.py (fashion-mnist: default Debian's folder)")
     p.add_argument("--ratio", type=float, default=100,
-                   help="imbalance n_max/n_min; the paper does not state it, 100 is the usual CIFAR-LT setting (SPEC §4); "
+                   help="imbalance n_max/n_min; the paper does not state it, 100 is LDAM-DRW's default (--imb_factor 0.01); "
                         "ignored for imagenet-lt")
     p.add_argument("--seed", type=int, default=0, help="numpy seed of the draw (LDAM-DRW: 0)")
     p.add_argument("--lists", default=None, help="imagenet-lt: the folder holding ImageNet_LT_train.txt (or that file)")

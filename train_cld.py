@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from lib import checkpoint, dist
+from lib import checkpoint, dist, rng
 from lib.checkpoint import CheckpointError
 from lib.data import (DATASET_NAMES, DatasetError, MultiView, dataset_info, load_dataset, subset_dataset, test_transform,
                       train_transform)
@@ -32,7 +32,9 @@ from lib.moco import MomentumEncoder
 from lib.models import ARCHS, HEADS, build_model
 
 
-# The authors' settings (SPEC §2). A flag left unset takes its value from the recipe that fits the run:
+# The authors' settings, as their scripts/cifar/train_cifar10_{npid,moco}_cld.sh and
+# scripts/imagenet/train_imagenet_mocov2_cld.sh pass them. A flag left unset takes its value from the
+# recipe that fits the run:
 # NPID+CLD (any dataset), MoCo+CLD on small images (their CIFAR-10 script), MoCo v2+CLD on ImageNet
 # (their ImageNet script: lr 0.2 at batch 512 is base 0.05 per 128 images, no warm-up). On ImageNet the
 # kNN monitor only runs after the last epoch: re-embedding 1.28M images every epoch costs a third of one.
@@ -76,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--wd", type=float, help="weight decay; " + from_recipes("wd") + " (the supplementary says 1e-4 throughout)")
     p.add_argument("--warmup-epochs", type=int, help="linear warmup from lr/100, then per-iteration cosine; " + from_recipes("warmup_epochs"))
     p.add_argument("--min-lr", type=float, default=1e-6, help="where the cosine ends")
-    p.add_argument("--aug", choices=["default", "aug-plus"], help="SPEC §2 recipes; " + from_recipes("aug"))
+    p.add_argument("--aug", choices=["default", "aug-plus"], help="the authors' recipes, lib/augment.py; " + from_recipes("aug"))
     p.add_argument("--erasing", action=argparse.BooleanOptionalAction, help="RandomErasing on every view; " + from_recipes("erasing"))
     # instance branch: NPID's memory bank, or MoCo's momentum encoder and queue
     p.add_argument("--moco", action="store_true", help="MoCo instead of NPID as the instance-level partner (CLDm)")
@@ -107,6 +109,9 @@ def parse_args(argv=None):
     p.add_argument("--knn-k", type=int, default=200)
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_N.pth every N epochs")
     p.add_argument("--resume", default=None, help="a checkpoint to continue from (last.pth or epoch_N.pth)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load a --resume file that holds more than tensors and plain values (a checkpoint of an "
+                        "earlier version) with full unpickling, which runs any code in it; only for files you trust")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     args = p.parse_args(argv)
@@ -157,22 +162,10 @@ def lr_at(step, steps_per_epoch, peak_lr, args):
     return args.min_lr + 0.5 * (peak_lr - args.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def rng_state():
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
-    return state
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-
-
 METRICS = ("loss", "loss_ins", "loss_cld", "group_acc")
+# What --resume reads from a checkpoint besides the network.
+RESUME_CONFIG = ("dataset", "arch", "dim", "instance_head", "group_head", "mlp", "moco")
+RESUME_STATE = ("memory", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 
 def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler, autocast, args):
@@ -240,8 +233,13 @@ def main(args):
     batch_per_rank = args.batch_size // world
     peak_lr = args.lr * args.batch_size / 128
     if args.lam > 0 and args.clusters >= batch_per_rank:
+        zeros = (args.cluster_method == "kmeans" and args.kmeans == "euclidean" and args.kmeans_init == "first"
+                 and args.clusters > batch_per_rank)
         print(f"warning: --clusters {args.clusters} >= {batch_per_rank} images per process: every image becomes its own "
-              "group and CLD degenerates into a cross-view instance contrast within the batch (SPEC §1)", file=sys.stderr)
+              f"group and CLD (paper Eq. 3) degenerates into a cross-view instance contrast within the batch over "
+              f"{batch_per_rank} singleton groups"
+              + (f", plus {args.clusters - batch_per_rank} zero centroids of the authors' k-means, each adding a "
+                 "constant logit of 0" if zeros else ""), file=sys.stderr)
     if not args.resume and os.path.exists(os.path.join(args.out, "last.pth")):
         raise SystemExit(f"error: {args.out} already holds a run; continue it with --resume {args.out}/last.pth or pick another --out")
 
@@ -276,8 +274,14 @@ def main(args):
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start_epoch, start_step, sums = 0, 0, torch.zeros(len(METRICS), device=device)
     if args.resume:
-        ckpt = checkpoint.load(args.resume, device)
-        for key in ("dataset", "arch", "dim", "instance_head", "group_head", "mlp", "moco"):
+        ckpt = checkpoint.load(args.resume, device, trust=args.trust_checkpoint, needs=RESUME_CONFIG)
+        absent = [key for key in RESUME_STATE if key not in ckpt]
+        if absent:
+            raise CheckpointError(f"{args.resume} cannot be resumed: it lacks {', '.join(absent)}; "
+                                  "pass a last.pth or epoch_N.pth written by train_cld.py")
+        if args.trust_checkpoint:
+            ckpt = checkpoint.convert_legacy(ckpt)
+        for key in RESUME_CONFIG:
             if ckpt["config"].get(key) != getattr(args, key):
                 raise CheckpointError(f"{args.resume} was trained with --{key.replace('_', '-')} {ckpt['config'][key]}, "
                                       f"this run asks for {getattr(args, key)}")
@@ -297,7 +301,7 @@ def main(args):
         states = ckpt["rng"]
         if len(states) != world:
             print(f"warning: resuming {len(states)}-process RNG state on {world} processes: not bit-exact", file=sys.stderr)
-        set_rng_state(states[rank % len(states)])
+        rng.restore(states[rank % len(states)])
 
     if rank == 0:
         os.makedirs(args.out, exist_ok=True)
@@ -311,7 +315,7 @@ def main(args):
         signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
 
     def save(path, epoch, step):
-        states = dist.gather_objects(rng_state())  # every process's RNG, so a multi-process resume is exact too
+        states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
         if rank == 0:
             checkpoint.save_atomic({"config": vars(args), "model": raw_model.state_dict(), "memory": memory.state_dict(),
                                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),

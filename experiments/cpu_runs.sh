@@ -30,7 +30,7 @@ write_subset("runs/fmnist_10k.json", keep, train.targets[keep], len(train), data
 PY
 }
 
-# Fashion-MNIST, balanced 10k-image subset, ResNet-20 at 8x8 (to fit a 2-core CPU), 10 epochs, paper CIFAR-10 defaults otherwise.
+# Fashion-MNIST, balanced 10k-image subset, ResNet-20 at 8x8 (to fit a 2-core CPU), 10 epochs, the CIFAR-10 NPID+CLD defaults otherwise.
 FM=(--dataset fashion-mnist --data "$FMNIST" --arch resnet20 --image-size 8 --epochs 10 --warmup-epochs 1 --knn-every 5 --workers 0)
 # The long-tail and MoCo comparisons below use 5 of those 10 epochs, to fit a shared 2-core machine.
 FM5=("${FM[@]}" --epochs 5)

@@ -1,13 +1,33 @@
-"""Atomic checkpoint files and their loading with one-line errors."""
+"""Checkpoint files: written atomically, holding only tensors and plain values, loaded without running code.
+
+A checkpoint of train_cld.py is a dict of tensors, numbers, strings, None, lists and dicts: the run's
+config, the model's and the instance partner's state dicts, the optimizer's and the gradient scaler's,
+the position in the schedule and every process's RNG state (lib/rng.py). torch.load(weights_only=True)
+rebuilds exactly those types and refuses every other Python object, so opening a checkpoint someone
+handed you cannot execute code. Files from earlier versions of this project stored numpy arrays in the
+RNG state; they load only with an explicit trust=True (--trust-checkpoint), and convert_legacy() turns
+them into the safe format.
+"""
 import json
 import os
+import re
+import sys
 import tempfile
 
 import torch
 
+from lib.models import build_model
+
 
 class CheckpointError(Exception):
     pass
+
+
+# The config entries that say which network a checkpoint holds, with their types.
+NETWORK_KEYS = {"dataset": str, "arch": str, "image_size": int, "dim": int, "instance_head": str, "group_head": str}
+TRUST_HINT = ("if it is a checkpoint of an earlier version of this project and you trust where it came from, pass "
+              "--trust-checkpoint to load it the old way, or rewrite it once in the safe format with "
+              "python convert_checkpoint.py --trust-checkpoint {path} NEW.pth")
 
 
 def save_atomic(obj, path):
@@ -24,15 +44,42 @@ def save_atomic(obj, path):
         raise
 
 
-def load(path, device="cpu"):
+def read(path, device="cpu", trust=False):
+    """torch.load with one-line errors. Only tensors and plain values unless trust=True."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the file in it, e.g. {os.path.join(path, 'last.pth')}")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path} does not exist; pass the last.pth written by train_cld.py --out DIR")
+    if trust:
+        print(f"warning: --trust-checkpoint: loading {path} with full unpickling, which runs any code the file "
+              "contains", file=sys.stderr)
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        return torch.load(path, map_location=device, weights_only=not trust)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); it is corrupt or not a PyTorch file")
-    if not isinstance(ckpt, dict) or not {"config", "model"} <= ckpt.keys():
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if found and not trust:
+            raise CheckpointError(f"checkpoint {path} holds a Python object ({found.group(1)}) besides tensors and plain "
+                                  f"values, so it was not loaded: loading it could run code; "
+                                  + TRUST_HINT.format(path=path)) from None
+        raise CheckpointError(f"checkpoint {path} is unreadable ({type(e).__name__}); it is corrupt or not a "
+                              "PyTorch file") from None
+
+
+def load(path, device="cpu", trust=False, needs=()):
+    """A checkpoint written by train_cld.py, checked: it has a config that describes its network (and the
+    entries `needs` that the caller reads) and a model state dict."""
+    ckpt = read(path, device, trust)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} was not written by train_cld.py (no config/model entries)")
+    config = ckpt["config"]
+    for key, kind in NETWORK_KEYS.items():
+        if not isinstance(config.get(key), kind) or isinstance(config.get(key), bool):
+            raise CheckpointError(f"checkpoint {path} was not written by train_cld.py: its config has no valid "
+                                  f"{key!r} ({config.get(key)!r})")
+    for key in needs:
+        if key not in config:
+            raise CheckpointError(f"checkpoint {path} was not written by this version of train_cld.py: its config "
+                                  f"lacks {key!r}")
     return ckpt
 
 
@@ -43,6 +90,38 @@ def load_model_state(model, state, path):
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else ""
         raise CheckpointError(f"checkpoint {path} does not fit this model: {first}")
+
+
+def load_network(ckpt, path, channels):
+    """The online network (backbone and heads) of a checkpoint, rebuilt from its config, weights loaded."""
+    try:
+        model = build_model(ckpt["config"], channels)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        raise CheckpointError(f"checkpoint {path} describes a network this version cannot build ({e})") from None
+    load_model_state(model, ckpt["model"], path)
+    return model
+
+
+def convert_legacy(ckpt):
+    """A checkpoint of an earlier version (RNG states as numpy arrays and tuples) in the safe format."""
+    converted = dict(ckpt)
+    if "rng" in ckpt:
+        converted["rng"] = [legacy_rng(state) for state in ckpt["rng"]]
+    return converted
+
+
+def legacy_rng(state):
+    if isinstance(state.get("numpy"), dict):  # already safe
+        return state
+    kind, key, pos, has_gauss, cached_gaussian = state["numpy"]
+    version, words, gauss_next = state["python"]
+    safe = {"torch": state["torch"],
+            "numpy": {"kind": kind, "key": torch.as_tensor(key.astype("int64")), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+            "python": {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss_next": gauss_next}}
+    if "cuda" in state:
+        safe["cuda"] = state["cuda"]
+    return safe
 
 
 def write_json_atomic(obj, path):

@@ -52,13 +52,14 @@ def _singletons(x, single):
 
 
 def _scores(x, c, spherical):
-    # x [B, N, D], c [B, K, D] -> [B, N, K]; larger means closer, so argmax assigns.
-    dots = x @ c.transpose(1, 2)
+    # x [B, N, D], c [B, K, D] -> [B, N, K]; larger means closer, so argmax assigns (ties: lowest index).
     if spherical:
-        return dots
-    # -|x - c|^2 without the per-row constant |x|^2, which cannot change the argmax. Equal centroids
-    # give equal scores, and argmax then returns the lowest index, as argmin on distances would.
-    return 2 * dots - (c * c).sum(-1).unsqueeze(1)
+        return x @ c.transpose(1, 2)
+    # Minus the squared distance summed from coordinate differences ([B, N, K, D] in memory), as the
+    # authors' KMeans computes it: a point's distance to an identical centroid is then exactly 0. The
+    # expansion |x|^2 - 2 x.c + |c|^2 only gets 0 up to rounding, which can hand a point to a nearly
+    # identical neighbour's centroid, e.g. when K >= N seeds every point with itself.
+    return -(x.unsqueeze(2) - c.unsqueeze(1)).pow(2).sum(-1)
 
 
 def _update(x, labels, k, fallback, spherical):
@@ -129,18 +130,28 @@ def kmeans(x, k, iters=5, init="first", spherical=True):
     x with autograd, so gradients flow into x exactly as through a mean taken with grad (the labels are
     discrete anyway). A spherical empty cluster keeps its previous, detached centroid.
 
-    k >= N: labels = arange(N), centroids = x (N rows). k <= 0 raises ValueError.
+    k >= N, the authors' mode (spherical=False, init="first"): runs their iterations unchanged. Their
+    seeds x[:K] are only the N rows, so the first assignment scores N seeds; every point is at distance
+    exactly 0 from its own seed and takes its own index (a repeated row takes its first copy's). The
+    update then builds K centroids: the points themselves, and an all-zero row for every index no
+    point chose (the K - N beyond the batch, plus any repeated row's). For distinct nonzero rows the
+    later iterations change nothing: labels arange(N), centroids [K, D] = x with K - N zero rows
+    appended, each of which enters the CLD softmax as a logit of exactly 0.
+    k >= N, any other mode: every image is its own group (the paper's spherical k-means cannot form
+    more non-empty groups than there are points, and k-means++ cannot seed more distinct points):
+    labels = arange(N), centroids = x (N rows), so K_effective = N. k <= 0 raises ValueError.
     """
     _check(k, iters)
     if init not in ("first", "kmeans++"):
         raise ValueError(f"unknown init {init!r}, expected 'first' or 'kmeans++'")
     x, single = _prepare(x)
-    if k >= x.shape[1]:
+    authors = not spherical and init == "first"
+    if k >= x.shape[1] and not authors:
         return _singletons(x, single)
     with torch.no_grad():
         xd = x.detach()
         if init == "first":
-            cent = xd[:, :k].clone()  # [B, K, D]
+            cent = xd[:, :k].clone()  # [B, min(K, N), D]; the first update makes it [B, K, D]
         else:
             cent = _gather_rows(xd, _kmeanspp(xd, k, spherical))
         for step in range(iters):

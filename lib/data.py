@@ -1,4 +1,4 @@
-"""Datasets and augmentations.
+"""Datasets (the augmentations are in lib/augment.py).
 
 Every dataset returns (transform(img), target, index): the index addresses the row of the
 image in a memory bank. Small datasets are read straight from their published files into
@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torchvision import datasets, transforms
+from torchvision import datasets
 
+# The augmentations live in lib/augment.py; importing them from here keeps working.
+from lib.augment import MultiView, test_transform, train_transform  # noqa: F401
 from lib.correlated import correlated_views
 
 
@@ -48,7 +50,8 @@ INFO = {
     "fashion-mnist-hc": DatasetInfo(1, 28, FASHION_MEAN, FASHION_STD, "resnet18_cifar"),
     "cifar10": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "cifar100": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
-    "stl10": DatasetInfo(3, 96, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
+    # The authors' STL-10 branch of datasets/dataloader.py normalises with 0.5 and 0.5.
+    "stl10": DatasetInfo(3, 96, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "resnet18_cifar"),
     # The paper trains Kitchen-HC at 32x32 like CIFAR (supplementary), with the CIFAR pipeline.
     "kitchen-hc": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
     "imagefolder": DatasetInfo(3, 224, IMAGENET_MEAN, IMAGENET_STD, "resnet18"),
@@ -357,18 +360,60 @@ CIFAR_LAYOUT = {  # folder, training files, test file, label key
 }
 
 
+try:
+    from numpy._core.multiarray import _reconstruct
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _reconstruct
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """Resolves only the globals a CIFAR batch file holds: numpy's array reconstruction and dtype, and
+    (for files re-pickled by Python 3 at protocol 2) codecs.encode, which turns a str into bytes.
+    Dicts, lists, ints, bytes and strings need no global. Anything else could run code: refused."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise RefusedGlobal(f"it refers to {module}.{name}, which a CIFAR batch never holds")
+        if name == "_reconstruct":  # Python-2 files name numpy 1's module; numpy 2 moved it
+            return _reconstruct
+        return super().find_class(module, name)
+
+
 def unpickle(path, key):
-    with open(path, "rb") as f:
-        batch = pickle.load(f, encoding="bytes")
+    try:
+        with open(path, "rb") as f:
+            batch = CifarUnpickler(f, encoding="bytes").load()
+    except RefusedGlobal as e:
+        raise DatasetError(f"{path} was not loaded: {e}; a CIFAR file from www.cs.toronto.edu/~kriz/cifar.html "
+                           f"holds only arrays, lists and strings, download it again") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
+        raise DatasetError(f"{path} is truncated or corrupt ({type(e).__name__}); download it again") from None
+    if not isinstance(batch, dict):
+        raise DatasetError(f"{path} holds a {type(batch).__name__}, not a CIFAR batch dict; download it again")
 
     def pick(key):  # real files have bytes keys; a file pickled by Python 3 may have str keys
-        return batch[key.encode()] if key.encode() in batch else batch[key]
+        if key.encode() in batch:
+            return batch[key.encode()]
+        if key in batch:
+            return batch[key]
+        raise DatasetError(f"{path} has no {key!r} entry; it is not a CIFAR batch, download it again")
 
     data = np.asarray(pick("data"), dtype=np.uint8)  # [N,3072]: 1024 R, then G, then B
     if data.ndim != 2 or data.shape[1] != 3072:
         raise DatasetError(f"{path} holds data of shape {data.shape}, expected [N,3072]; "
                            f"the file is corrupt, download it again")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(pick(key))
+    labels = np.asarray(pick(key))
+    if labels.shape != (len(data),):
+        raise DatasetError(f"{path} holds {len(data)} images but labels of shape {labels.shape}; "
+                           f"the file is corrupt, download it again")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def load_cifar_arrays(name, root, split):
@@ -497,7 +542,7 @@ def imagenet100_classes():
 
 def load_folder(name, root, split):
     # The test split is val/ when present (ImageNet layout), else test/ (Kitchen-HC release);
-    # kitchen-hc prefers test/, where the paper's figures come from, should a val/ be there too.
+    # kitchen-hc prefers test/, which the authors' datasets/dataloader.py evaluates on, should a val/ be there too.
     subdirs = ["train"] if split != "test" else ["test", "val"] if name == "kitchen-hc" else ["val", "test"]
     only = imagenet100_classes() if name == "imagenet100" else None
     for sub in subdirs:
@@ -550,63 +595,3 @@ def load_dataset(name, root, split, transform=None):
         return ArrayDataset(images, labels, 10, transform)
     images, labels = load_cifar_arrays(name, root, split)
     return ArrayDataset(images, labels, 100 if name == "cifar100" else 10, transform)
-
-
-# ----------------------------------------------------------------------------- augmentations
-
-def blur_kernel(size):
-    # An odd kernel about a tenth of the image (23 at 224 px, as in MoCo v2), at least 3.
-    return max(3, int(0.1 * size) // 2 * 2 + 1)
-
-
-def train_transform(info, recipe="default", erasing=False, image_size=None):
-    """PIL image -> augmented, normalised tensor [C,H,W]."""
-    size = image_size or info.image_size
-    crop = transforms.RandomResizedCrop(size, scale=(0.2, 1.0))
-    # Hue jitter and grayscale leave a 1-channel "L" image with 1 channel.
-    if recipe == "default":
-        colour = [transforms.ColorJitter(0.4, 0.4, 0.4, 0.4),
-                  transforms.RandomGrayscale(p=0.2)]
-    elif recipe == "aug-plus":
-        blur = transforms.GaussianBlur(blur_kernel(size), sigma=(0.1, 2.0))
-        colour = [transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-                  transforms.RandomGrayscale(p=0.2),
-                  transforms.RandomApply([blur], p=0.5)]
-    else:
-        raise ValueError(f"unknown augmentation recipe {recipe!r}; choose default or aug-plus")
-    steps = [crop, *colour, transforms.RandomHorizontalFlip(),
-             transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
-    if erasing:
-        steps.append(transforms.RandomErasing(p=1.0))
-    return transforms.Compose(steps)
-
-
-def test_transform(info, image_size=None):
-    """PIL image -> normalised tensor [C,size,size], no randomness.
-
-    Small images (at most 96 px: digits, Fashion-MNIST, CIFAR, STL-10, 32 px object crops)
-    are resized to exactly size x size, which leaves the array datasets untouched since they
-    are stored at that size. Larger ones follow the ImageNet protocol: resize the short side
-    to size*256/224, then take the central size x size crop.
-    """
-    size = image_size or info.image_size
-    if size <= 96:
-        resize = [transforms.Resize((size, size))]
-    else:
-        resize = [transforms.Resize(round(size * 256 / 224)), transforms.CenterCrop(size)]
-    to_tensor = [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
-    return transforms.Compose(resize + to_tensor)
-
-
-class MultiView:
-    """Applies one random transform n times to the same image: n independent views."""
-
-    def __init__(self, transform, n):
-        self.transform = transform
-        self.n = n
-
-    def __call__(self, img):
-        return [self.transform(img) for _ in range(self.n)]  # n tensors [C,H,W]
-
-    def __repr__(self):
-        return f"MultiView(n={self.n}, {self.transform!r})"

@@ -15,7 +15,7 @@ class ExportError(Exception):
 
 
 def linear_head(d_in, num_classes):
-    """MoCo's linear classifier: weights N(0, 0.01), bias 0."""
+    """MoCo's linear classifier (main_lincls.py): weights N(0, 0.01), bias 0."""
     fc = nn.Linear(d_in, num_classes)
     nn.init.normal_(fc.weight, mean=0.0, std=0.01)
     nn.init.zeros_(fc.bias)
@@ -25,11 +25,12 @@ def linear_head(d_in, num_classes):
 def probe_transform(info, size):
     """Training augmentation for a classifier on a pretrained backbone: PIL image -> [C, size, size].
 
-    Above 96 px, MoCo's protocol: RandomResizedCrop(size) at torchvision's default scale (0.08, 1)
-    and a flip. At 96 px and below (digits, Fashion-MNIST, CIFAR, Kitchen-HC crops, STL-10) the
-    augmentation CIFAR classifiers are trained with: pad by an eighth of the side (4 px at 32,
-    12 px at 96), crop back at random, flip. A 0.08-scale crop of a 32 px image is a 9 px patch
-    blown up 3.5x, a view the frozen features never meet at test time.
+    Above 96 px, MoCo's main_lincls.py (the CLD authors ship the same file): RandomResizedCrop(size)
+    at torchvision's default scale (0.08, 1) and a flip. At 96 px and below (digits, Fashion-MNIST,
+    CIFAR, Kitchen-HC crops, STL-10) a supervised CIFAR recipe, LDAM-DRW's cifar_train.py: pad by
+    4 px, crop back to 32 at random, flip; at other sizes the padding is an eighth of the side
+    (12 px at 96, our choice). A 0.08-scale crop of a 32 px image is a 9 px patch blown up 3.5x,
+    a view the frozen features never meet at test time.
     """
     if size > 96:
         crop = [transforms.RandomResizedCrop(size)]

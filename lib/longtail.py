@@ -1,6 +1,6 @@
 """Long-tailed training sets: which images a long-tailed subset keeps, and accuracy by class size.
 
-The subset is LDAM-DRW's CIFAR-LT construction (SPEC §4), applied to any labelled split; the
+The subset is LDAM-DRW's CIFAR-LT construction (its imbalance_cifar.py), applied to any labelled split; the
 many / medium / few-shot split of the classes is ImageNet-LT's (OLTR): more than 100 training
 images, 20 to 100, fewer than 20.
 """

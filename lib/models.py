@@ -11,22 +11,39 @@ import torchvision
 
 # ---------------------------------------------------------------- backbones
 
+@torch.no_grad()
+def pytorch_default_init(net):
+    """Re-draw every conv, BatchNorm and Linear layer of net with PyTorch's own defaults: conv and
+    Linear weights kaiming_uniform_(a=sqrt(5)), i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)); BatchNorm
+    weight 1, bias 0 (and fresh running statistics). Returns net."""
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear)):
+            m.reset_parameters()
+    return net
+
+
 def resnet18_cifar(in_channels=3):
     """ResNet-18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool, global average pool.
-    (An ImageNet stem on 32x32 inputs shrinks the map 4x too early and costs several points.)"""
+    (An ImageNet stem on 32x32 inputs shrinks the map 4x too early and costs several points.)
+    torchvision's layout, but PyTorch's default layer init, as the authors' CIFAR ResNet18
+    (models/resnet_cifar.py, which sets no init of its own), instead of torchvision's Kaiming-normal
+    fan-out convs, whose std is up to 2.45x larger."""
     net = torchvision.models.resnet18()
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     net.fc = nn.Identity()
     net.out_dim = 512
-    return net
+    return pytorch_default_init(net)
 
 
 def resnet_imagenet(depth, in_channels=3):
-    """torchvision ResNet-18/50 (ImageNet stem) for 96 px and 224 px inputs; fc removed."""
+    """torchvision ResNet-18/50 (ImageNet stem) for 96 px and 224 px inputs; fc removed. Keeps
+    torchvision's init (Kaiming-normal fan-out convs), as MoCo's main_moco.py and the authors'
+    models/ResNet.py have it."""
     net = getattr(torchvision.models, f"resnet{depth}")()
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")  # like the rest
     net.out_dim = net.fc.in_features
     net.fc = nn.Identity()
     return net
@@ -51,7 +68,8 @@ class BasicBlock(nn.Module):
 
 class SmallResNet(nn.Module):
     """He et al.'s CIFAR ResNet-(6n+2): widths 16/32/64, three stages of n blocks.
-    ResNet-20 has 0.27M parameters: the CPU-sized network for quick experiments."""
+    ResNet-20 has 0.27M parameters: the CPU-sized network for quick experiments. Not in the authors'
+    code; it keeps PyTorch's default layer init, like their CIFAR ResNet18 (our choice)."""
 
     def __init__(self, depth=20, in_channels=3):
         super().__init__()
@@ -87,12 +105,18 @@ def build_backbone(arch, in_channels=3):
 # ---------------------------------------------------------------- heads
 
 class NormLinear(nn.Module):
-    """Bias-free cosine layer: <x/|x|, w_j/|w_j|> for every output unit j."""
+    """Bias-free cosine layer: <x/|x|, w_j/|w_j|> for every output unit j.
+
+    Initialised as the authors' NormedLinear: entries U(-1, 1), then every output unit's weight vector
+    scaled to unit length. Theirs is stored [in, out] with a unit per column; ours is [out, in] with a
+    unit per row, drawn as the same [in, out] matrix and transposed (so one seed gives one draw).
+    The forward pass normalises w, but its length still matters: the gradient through the
+    normalisation scales as 1/|w|, so each SGD step turns a unit's direction by an angle ~ 1/|w|^2."""
 
     def __init__(self, d_in, d_out):
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(d_out, d_in))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)  # nn.Linear's default init
+        w = torch.empty(d_in, d_out).uniform_(-1, 1)                             # [in, out]
+        self.weight = nn.Parameter((w / w.norm(dim=0)).t().contiguous())       # [out, in], unit rows
 
     def forward(self, x):
         return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))

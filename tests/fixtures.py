@@ -12,6 +12,7 @@ Every writer returns the folder to pass to lib.data.load_dataset (or the builder
 import gzip
 import os
 import pickle
+import struct
 
 import numpy as np
 from PIL import Image
@@ -34,6 +35,34 @@ def cifar_images(labels, rng):
     return np.stack([red, green, blue], axis=-1).astype(np.uint8)  # [N,32,32,3]
 
 
+class Python2Pickler(pickle._Pickler):
+    """Writes what Python 2's cPickle wrote for the real CIFAR files: byte strings as (SHORT_)BINSTRING
+    (Python 3 would emit a call to _codecs.encode) and numpy's reconstruct under numpy 1's module name."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2_str(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_py2_str
+
+    def save_global(self, obj, name=None):
+        if getattr(obj, "__name__", None) == "_reconstruct":
+            self.write(pickle.GLOBAL + b"numpy.core.multiarray\n_reconstruct\n")
+            self.memoize(obj)
+        else:
+            super().save_global(obj, name)
+
+
+def dump_python2(obj, path):
+    with open(path, "wb") as f:
+        Python2Pickler(f, protocol=2).dump(obj)
+
+
 def write_cifar_batch(path, labels, label_key, rng, str_keys=False):
     images = cifar_images(labels, rng)
     batch = {
@@ -42,10 +71,12 @@ def write_cifar_batch(path, labels, label_key, rng, str_keys=False):
         label_key: [int(y) for y in labels],
         b"filenames": [b"img_%d.png" % i for i in range(len(labels))],
     }
-    if str_keys:
+    if str_keys:  # a file re-pickled by Python 3 at protocol 2
         batch = {k.decode(): v for k, v in batch.items()}
-    with open(path, "wb") as f:
-        pickle.dump(batch, f, protocol=2)  # what a Python-2 writer produces
+        with open(path, "wb") as f:
+            pickle.dump(batch, f, protocol=2)
+    else:
+        dump_python2(batch, path)
 
 
 def write_cifar10(root, n_train_per_batch=10, n_test=10, seed=0, str_keys=False):

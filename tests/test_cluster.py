@@ -1,3 +1,5 @@
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -28,21 +30,23 @@ def sphere_groups(n_per=20, dim=16, groups=4, spread=0.05, seed=0):
 
 
 def reference_kmeans(x, k, iters):
-    # The authors' algorithm written with plain loops: first-K init, squared Euclidean, plain means,
-    # zero centroid for an empty cluster, ties to the lowest index.
+    # The authors' algorithm written with plain loops: first-K init (only N seeds when k > N), squared
+    # Euclidean, plain means, zero centroid for an empty cluster, ties to the lowest index; every
+    # update builds k centroids.
     pts = x.tolist()
     cent = [list(p) for p in pts[:k]]
     for _ in range(iters):
         labels = []
         for p in pts:
             dists = [sum((a - b) ** 2 for a, b in zip(p, c)) for c in cent]
-            labels.append(min(range(k), key=lambda j: (dists[j], j)))
+            labels.append(min(range(len(cent)), key=lambda j: (dists[j], j)))
+        cent = []
         for j in range(k):
             members = [p for p, l in zip(pts, labels) if l == j]
             if members:
-                cent[j] = [sum(col) / len(members) for col in zip(*members)]
+                cent.append([sum(col) / len(members) for col in zip(*members)])
             else:
-                cent[j] = [0.0] * len(pts[0])
+                cent.append([0.0] * len(pts[0]))
     return torch.tensor(labels), torch.tensor(cent)
 
 
@@ -106,13 +110,47 @@ def test_authors_mode_empty_cluster_gets_zero_centroid():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_authors_mode_matches_loop_reference(seed):
+@pytest.mark.parametrize("n, k", [(40, 6), (12, 12), (12, 20)])
+def test_authors_mode_matches_loop_reference(seed, n, k):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(40, 5, generator=g)
-    labels, cent = kmeans(x, 6, iters=5, init="first", spherical=False)
-    ref_labels, ref_cent = reference_kmeans(x, 6, 5)
+    x = torch.randn(n, 5, generator=g)
+    x[n // 2] = x[1]  # a repeated row
+    labels, cent = kmeans(x, k, iters=5, init="first", spherical=False)
+    ref_labels, ref_cent = reference_kmeans(x, k, 5)
     assert torch.equal(labels, ref_labels)
+    assert cent.shape == (k, 5)
     assert torch.allclose(cent, ref_cent, atol=1e-5)
+
+
+def test_authors_mode_k_above_n_hand_worked():
+    a, b, c = [1.0, 0.0], [0.0, 1.0], [0.6, 0.8]
+    # K = 5 > N = 3: the seeds are the three rows. Each point is 0 from its own seed and at least
+    # 0.4 from the others (|a - c|^2 = 0.16 + 0.64 = 0.8, |b - c|^2 = 0.36 + 0.04 = 0.4, |a - b|^2 = 2),
+    # so labels [0, 1, 2]; the update builds 5 centroids, the last two empty and so zero.
+    labels, cent = kmeans(torch.tensor([a, b, c]), 5, iters=5, init="first", spherical=False)
+    assert labels.tolist() == [0, 1, 2]
+    assert torch.equal(cent, torch.tensor([a, b, c, [0, 0], [0, 0]]))
+    # A repeated row takes its first copy's index, and its own index becomes an empty, zero centroid.
+    labels, cent = kmeans(torch.tensor([a, b, a]), 5, iters=5, init="first", spherical=False)
+    assert labels.tolist() == [0, 1, 0]
+    assert cent.tolist() == [a, b, [0, 0], [0, 0], [0, 0]]
+    # An all-zero row after a repeated one: after one iteration its label is its own index 2, as above;
+    # in the second it is exactly 0 from the zero centroids 1, 2 and 3, and the tie goes to index 1.
+    x = torch.tensor([a, a, [0.0, 0.0]])
+    labels, cent = kmeans(x, 4, iters=1, init="first", spherical=False)
+    assert labels.tolist() == [0, 0, 2] and cent.tolist() == [a, [0, 0], [0, 0], [0, 0]]
+    labels, _ = kmeans(x, 4, iters=2, init="first", spherical=False)
+    assert labels.tolist() == [0, 0, 1]
+
+
+def test_authors_mode_nearly_identical_rows_keep_their_own_seed():
+    # Rows 1e-4 apart (squared distance 1e-8, below float32 rounding of |x|^2 = 1): each is exactly 0
+    # from its own seed, so K >= N still gives every row its own label, as the authors' distances do.
+    x = F.normalize(torch.randn(1, 8, generator=torch.Generator().manual_seed(0)), dim=1).repeat(6, 1)
+    x[:, 0] += 1e-4 * torch.arange(6)
+    labels, cent = kmeans(x, 8, iters=5, init="first", spherical=False)
+    assert labels.tolist() == list(range(6))
+    assert torch.equal(cent[:6], x) and not cent[6:].any()
 
 
 @pytest.mark.parametrize("spherical", [True, False])
@@ -156,8 +194,9 @@ def test_half_precision_input_gives_float32():
     assert cent.dtype == torch.float32 and labels.shape == (20,)
 
 
-@pytest.mark.parametrize("fn", [kmeans, spectral_cluster])
+@pytest.mark.parametrize("fn", [kmeans, spectral_cluster, partial(kmeans, init="kmeans++", spherical=False)])
 def test_k_at_least_n_gives_singletons(fn):
+    # Every mode but the authors' (Euclidean, first-K init; tested above).
     x = F.normalize(torch.randn(2, 6, 4), dim=-1)
     for k in (6, 10):
         labels, cent = fn(x, k)

@@ -88,14 +88,14 @@ def test_resized_tree_loads_as_kitchen_hc_and_imagefolder(gmu, tmp_path, capsys)
 
 
 def test_released_folder_loads(tmp_path):
-    # The authors' release: Kitchen-HC/train/<category>/ and Kitchen-HC/test/<category>/, 32x32 crops.
+    # The authors' release (their README): Kitchen-HC/train/<category>/ and Kitchen-HC/test/<category>/.
     root = write_imagefolder(tmp_path / "Kitchen-HC", classes=list(CATEGORIES), n_per_class=2, size=32,
                              splits=("train", "test"))
     test = load_dataset("imagefolder", root, "test")
     assert len(test) == 22 and test.num_classes == 11 and test.root.endswith("test")
     assert len(load_dataset("kitchen-hc", root, "train")) == 22
     write_imagefolder(root, classes=list(CATEGORIES), n_per_class=1, size=32, splits=("val",))
-    assert load_dataset("kitchen-hc", root, "test").root.endswith("test")  # the paper reports test/
+    assert load_dataset("kitchen-hc", root, "test").root.endswith("test")  # the authors' loader tests on test/
     assert load_dataset("imagefolder", root, "test").root.endswith("val")
 
 

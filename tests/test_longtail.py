@@ -21,7 +21,7 @@ from tests.fixtures import (write_cifar10, write_cifar100, write_fashion_mnist, 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# int(n_max * (1/ratio) ** (i/(C-1))), written out once: SPEC §4 gives the totals at ratio 100.
+# int(n_max * (1/ratio) ** (i/(C-1))) of LDAM-DRW's imbalance_cifar.py, written out once.
 CIFAR10_LT = {
     100: [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50],             # 12,406
     50: [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100],            # 13,996

@@ -75,6 +75,28 @@ def test_cld_with_k_at_least_batch_is_cross_view_instance_contrast():
     assert cld_loss(g1, g2, k=10, temperature=0.3).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("t", [0.4, 1.0])
+def test_cld_authors_mode_k_above_batch_by_hand(t):
+    # Three images, K = 5, the authors' k-means (Euclidean, first-K seeds). Each view's points are
+    # distinct, so each is its own group (labels 0, 1, 2) and the centroids are the three points
+    # followed by two zero rows: every instance also scores two logits of exactly 0.
+    # View 1: a=(1,0) b=(0,1) c=(.6,.8); view 2: a'=(.8,.6) b'=(0,1) c'=(-1,0).
+    # View 1 against M' = [a', b', c', 0, 0]: a -> (.8, 0, -1), b -> (.6, 1, 0), c -> (.96, .8, -.6).
+    # View 2 against M = [a, b, c, 0, 0]: a' -> (.8, .6, .96), b' -> (0, 1, .8), c' -> (-1, 0, -.6).
+    g1 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    g2 = torch.tensor([[0.8, 0.6], [0.0, 1.0], [-1.0, 0.0]])
+    forward = [[0.8, 0.0, -1.0], [0.6, 1.0, 0.0], [0.96, 0.8, -0.6]]
+    backward = [[0.8, 0.6, 0.96], [0.0, 1.0, 0.8], [-1.0, 0.0, -0.6]]
+    rows = [[z / t for z in r] + [0.0, 0.0] for r in forward + backward]
+    expected = sum(ce(r, i % 3) for i, r in enumerate(rows)) / 6
+    loss = cld_loss(g1, g2, k=5, temperature=t, spherical=False, init="first")
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    # Without the zero logits (three singleton groups, as the spherical mode gives) the value differs.
+    no_zeros = sum(ce([z / t for z in r], i % 3) for i, r in enumerate(forward + backward)) / 6
+    assert abs(expected - no_zeros) > 0.05
+    assert cld_loss(g1, g2, k=5, temperature=t).item() == pytest.approx(no_zeros, rel=1e-6)
+
+
 def test_spectral_method_runs_through_cld():
     g = torch.nn.functional.normalize(torch.randn(2, 32, 8), dim=2)
     loss = cld_loss(g[0], g[1], k=4, temperature=0.2, method="spectral")

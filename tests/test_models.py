@@ -1,5 +1,8 @@
+import math
+
 import pytest
 import torch
+import torch.nn as nn
 
 from lib.models import ARCHS, CLDNet, NormLinear, build_backbone
 
@@ -36,6 +39,56 @@ def test_normlinear_is_cosine():
     expected = torch.nn.functional.cosine_similarity(x[:, None, :], layer.weight[None, :, :], dim=2)
     assert torch.allclose(layer(x), expected, atol=1e-6)
     assert layer(x).abs().max() <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("arch, channels", [("resnet18_cifar", 3), ("resnet18_cifar", 1), ("resnet20", 3)])
+def test_cifar_backbones_start_from_pytorch_default_init(arch, channels):
+    # PyTorch's default conv init, kept by the authors' CIFAR ResNet18: kaiming_uniform_ with a = sqrt(5),
+    # i.e. U(-b, b) with b = gain * sqrt(3 / fan_in), gain = sqrt(2 / (1 + a^2)), so b = 1 / sqrt(fan_in)
+    # and std b / sqrt(3). torchvision's Kaiming-normal fan-out init has std sqrt(2 / fan_out) (2.45x
+    # that for a 3x3 conv between equal widths) and is unbounded.
+    torch.manual_seed(0)
+    net = build_backbone(arch, channels)
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            w = m.weight.detach().double()
+            n, fan_in = w.numel(), w[0].numel()
+            bound = math.sqrt(2 / (1 + 5)) * math.sqrt(3 / fan_in)
+            std = bound / math.sqrt(3)
+            assert w.abs().max() <= bound * (1 + 1e-6), name
+            # Standard errors: of a uniform sample's std, relative, sqrt((kurtosis - 1) / 4n) with kurtosis
+            # 9/5, i.e. sqrt(0.2 / n); of its mean, std / sqrt(n). Five of them.
+            assert abs(w.std().item() / std - 1) < 5 * math.sqrt(0.2 / n), name
+            assert abs(w.mean().item()) < 5 * std / math.sqrt(n), name
+        elif isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)), name
+            assert torch.equal(m.bias, torch.zeros_like(m.bias)), name
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_imagenet_backbone_keeps_torchvision_init(channels):
+    # Kaiming-normal, fan-out: std sqrt(2 / fan_out), fan_out = out_channels * kh * kw, also for the
+    # conv1 that a one-channel input replaces. A normal sample's std has relative standard error 1 / sqrt(2n).
+    torch.manual_seed(0)
+    net = build_backbone("resnet18", channels)
+    for name, m in net.named_modules():
+        if isinstance(m, nn.Conv2d):
+            w = m.weight.detach().double()
+            std = math.sqrt(2 / (w.shape[0] * w[0, 0].numel()))
+            assert abs(w.std().item() / std - 1) < 5 / math.sqrt(2 * w.numel()), name
+
+
+def test_normlinear_starts_with_unit_length_uniform_units():
+    # The authors' NormedLinear: entries U(-1, 1), then every output unit's weight vector scaled to length 1.
+    torch.manual_seed(0)
+    w = NormLinear(512, 128).weight.detach().double()  # [out, in]: a row per output unit
+    assert w.shape == (128, 512)
+    assert torch.allclose(w.norm(dim=1), torch.ones(128, dtype=w.dtype), atol=1e-6)
+    # Rows of U(-1, 1) draws divided by their (nearly constant) length: entries keep the uniform's
+    # kurtosis E u^4 / (E u^2)^2 = (1/5) / (1/3)^2 = 1.8 (normal draws: 3). Standard error of the estimate:
+    # sqrt((E z^8 - 1.8^2) / n) with E z^8 = 3^4 / 9 = 9 for z = sqrt(3) u, i.e. 2.4 / sqrt(n).
+    kurtosis = (w / w.std()).pow(4).mean().item()
+    assert abs(kurtosis - 1.8) < 5 * 2.4 / math.sqrt(w.numel())
 
 
 @pytest.mark.parametrize("head", ["linear", "normlinear"])
