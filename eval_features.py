@@ -87,11 +87,7 @@ def parse_args(argv=None):
 
 def main(args):
     rank, world, device = dist.setup()
-    if args.figures and rank == 0:
-        check_writable(args.figures)
-    for folder in args.curves:
-        if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
-            raise InputError(f"--curves {folder} holds no metrics.jsonl; pass run folders written by train_cld.py --out")
+    check_inputs(args, rank)
     runs = []
     for i, path in enumerate(args.ckpt):
         run = load_run(path, args.names[i] if args.names else None, args, device)
@@ -112,13 +108,21 @@ def main(args):
 
 # ---------------------------------------------------------------- loading
 
-def check_writable(folder):
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as e:
-        raise InputError(f"--figures {folder} cannot be created ({e.strerror})")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise InputError(f"--figures {folder} is not writable")
+def check_inputs(args, rank):
+    """Fail before minutes of feature extraction, not after: every path the run will need."""
+    for path in args.ckpt:
+        if not os.path.isfile(path):
+            raise InputError(f"checkpoint {path} does not exist; pass the last.pth written by train_cld.py --out DIR")
+    for folder in args.curves:
+        if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
+            raise InputError(f"--curves {folder} holds no metrics.jsonl; pass run folders written by train_cld.py --out")
+    if args.figures and rank == 0:
+        try:
+            os.makedirs(args.figures, exist_ok=True)
+        except OSError as e:
+            raise InputError(f"--figures {args.figures} cannot be created ({e.strerror})")
+        if not os.access(args.figures, os.W_OK | os.X_OK):
+            raise InputError(f"--figures {args.figures} is not writable")
 
 
 def run_name(path):

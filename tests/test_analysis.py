@@ -345,12 +345,16 @@ def error_of(argv, capsys):
 
 def test_bad_input_gives_one_clear_line(tmp_path, capsys):
     assert "does not exist" in error_of(["--ckpt", tmp_path / "none.pth"], capsys)
+    a = untrained_checkpoint(tmp_path / "one", 0)
+    assert "none.pth does not exist" in error_of(["--ckpt", a, tmp_path / "none.pth"], capsys)
+    assert capsys.readouterr().out == ""  # found before the first checkpoint was measured
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    assert "corrupt" in error_of(["--ckpt", tmp_path / "bad.pth"], capsys)
     assert "invalid choice" in error_of(["--ckpt", "x.pth", "--features", "f_X"], capsys)
     assert "--selection-images must be positive" in error_of(["--ckpt", "x.pth", "--selection-images", 0], capsys)
     assert "--names gives 1 names for 2" in error_of(["--ckpt", "x.pth", "y.pth", "--names", "a"], capsys)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    a = untrained_checkpoint(tmp_path / "one", 0)
     assert "cannot be created" in error_of(["--ckpt", a, "--figures", blocker / "sub"], capsys)
     assert "holds no metrics.jsonl" in error_of(["--ckpt", a, "--curves", tmp_path], capsys)
 
