@@ -19,6 +19,7 @@ import xml.etree.ElementTree as ET
 from PIL import Image
 from tqdm import tqdm
 
+from lib import cli
 from lib.data import DatasetError
 
 CATEGORIES = (
@@ -36,7 +37,7 @@ FOLDS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gmu", required=True, help="the folder holding gmu_scene_001 ... gmu_scene_009")
     p.add_argument("--out", required=True, help="the Kitchen-HC folder to create (must not exist)")
     p.add_argument("--fold", type=int, default=1, choices=sorted(FOLDS),
@@ -45,6 +46,9 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.size < 0:
         p.error(f"--size must be 0 or positive, got {args.size}")
+    cli.input_folder(p, "--gmu", args.gmu, "the folder holding gmu_scene_001 ... gmu_scene_009")
+    if not os.path.exists(args.out):  # main refuses one that exists, for callers that skip parse_args too
+        cli.output_folder(p, "--out", args.out)
     return args
 
 
@@ -177,10 +181,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        main(args)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
-    except OSError as e:
-        sys.exit(f"error: {e.filename or args.out}: {e.strerror or e}")
+    cli.run_main(main, parse_args())

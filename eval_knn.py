@@ -10,20 +10,18 @@ that subset as the bank and also reports many / medium / few-shot accuracy. Prin
 """
 import argparse
 import contextlib
-import json
-import sys
 
 import torch
 
-from lib import checkpoint, dist
-from lib.checkpoint import CheckpointError
-from lib.data import DatasetError, dataset_info, load_dataset, subset_dataset, test_transform
+from lib import checkpoint, cli, dist, jsonl
+from lib.cli import NON_NEGATIVE, POSITIVE
+from lib.data import dataset_info, load_dataset, subset_dataset, test_transform
 from lib.knn import knn_predict, topk_accuracy
 from lib.longtail import class_counts, shot_accuracy
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a checkpoint written by train_cld.py (RUN/last.pth)")
     p.add_argument("--k", type=int, default=200, help="neighbours (NPID, CLD: 200)")
     p.add_argument("--sigma", type=float, default=None, help="vote temperature; default: the run's T_I (--ins-t), as the authors")
@@ -37,10 +35,13 @@ def parse_args(argv=None):
                    help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
                         "with full unpickling, which runs any code in it; only for files you trust")
     args = p.parse_args(argv)
-    if args.k <= 0 or args.batch_size <= 0 or (args.sigma is not None and args.sigma <= 0):
-        p.error("--k, --batch-size and --sigma must be positive")
-    if not 0 <= args.few <= args.many:
-        p.error("--few and --many must satisfy 0 <= few <= many")
+    cli.check_ranges(p, args, {"k": POSITIVE, "sigma": POSITIVE, "many": NON_NEGATIVE, "few": NON_NEGATIVE,
+                               "batch_size": POSITIVE, "workers": NON_NEGATIVE})
+    if args.few > args.many:
+        p.error(f"--few must be at most --many ({args.many}), got {args.few}")
+    cli.input_file(p, "--ckpt", args.ckpt, "a checkpoint written by train_cld.py (RUN/last.pth)")
+    cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
     return args
 
 
@@ -75,13 +76,9 @@ def main(args):
                    "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
                    "epoch": ckpt.get("epoch"), "checkpoint": args.ckpt})
     if rank == 0:
-        print(json.dumps(result))
+        print(jsonl.dumps(result))
     dist.cleanup()
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        main(args)
-    except (DatasetError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main, parse_args())

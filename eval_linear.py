@@ -17,8 +17,6 @@ it (train_cld.py --subset, e.g. a long-tailed one) trains the classifier on that
 ImageNet-LT's many (> 100 training images) / medium / few (< 20) accuracy.
 """
 import argparse
-import json
-import sys
 import time
 
 import numpy as np
@@ -29,8 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from lib import checkpoint, dist
+from lib import checkpoint, cli, dist, jsonl
 from lib.checkpoint import CheckpointError
+from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
 from lib.data import DATASET_NAMES, DatasetError, dataset_info, load_dataset, subset_dataset, test_transform
 from lib.knn import extract_features
 from lib.linear import (BackboneChanged, ExportError, balanced_subset, check_unchanged, linear_head, probe_transform,
@@ -53,7 +52,7 @@ def recipe_help(name):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a checkpoint written by train_cld.py (RUN/last.pth)")
     p.add_argument("--dataset", default=None, choices=DATASET_NAMES,
                    help="default: the dataset the checkpoint was trained on")
@@ -98,11 +97,12 @@ def parse_args(argv=None):
     for name, value in RECIPES["finetune" if args.mode == "finetune" else "linear"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("epochs", "batch_size", "eval_batch_size"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.lr <= 0 or args.wd < 0:
-        p.error("--lr must be positive and --wd non-negative")
+    cli.check_ranges(p, args, {"epochs": POSITIVE, "lr": POSITIVE, "head_lr_mult": POSITIVE, "batch_size": POSITIVE,
+                               "wd": NON_NEGATIVE, "momentum": BELOW_ONE, "milestones": POSITIVE, "gamma": POSITIVE,
+                               "seed": SEED, "eval_batch_size": POSITIVE, "workers": NON_NEGATIVE})
+    cli.input_file(p, "--ckpt", args.ckpt, "a checkpoint written by train_cld.py (RUN/last.pth)")
+    cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    cli.output_file(p, "--export", args.export)
     return args
 
 
@@ -238,7 +238,7 @@ def main(args):
     exported = export_backbone(backbone, config, channels, args.export, rank == 0) if args.export else {}
     if args.export_only:
         if rank == 0:
-            print(json.dumps({**exported, "arch": config["arch"], "checkpoint": args.ckpt, "epoch": pretrain_epoch}))
+            print(jsonl.dumps({**exported, "arch": config["arch"], "checkpoint": args.ckpt, "epoch": pretrain_epoch}))
         return dist.cleanup()
 
     # ---- data: with --cached-features, one pass of the frozen backbone over each split, shared out over the processes
@@ -272,13 +272,9 @@ def main(args):
                    "feature": f"pooled backbone output, {backbone.out_dim}-d", "checkpoint": args.ckpt,
                    "epoch": pretrain_epoch, "processes": world, "seconds": round(time.time() - started, 1), **exported})
     if rank == 0:
-        print(json.dumps(result))
+        print(jsonl.dumps(result))
     dist.cleanup()
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        main(args)
-    except (DatasetError, CheckpointError, BackboneChanged, ExportError) as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main, parse_args(), errors=(BackboneChanged, ExportError))

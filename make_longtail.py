@@ -12,10 +12,11 @@ images per class and the total.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 
+from lib import cli
+from lib.cli import Range
 from lib.data import DatasetError, load_dataset, write_subset
 from lib.longtail import class_counts, longtail_indices
 
@@ -24,7 +25,7 @@ IMAGENET_LT_TRAIN = "ImageNet_LT_train.txt"
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", required=True, choices=NAMES, help="imagenet-lt subsets --dataset imagenet")
     p.add_argument("--data", default=None, help="dataset root, as for train_cld.py (fashion-mnist: default Debian's folder)")
     p.add_argument("--ratio", type=float, default=100,
@@ -34,10 +35,13 @@ def parse_args(argv=None):
     p.add_argument("--lists", default=None, help="imagenet-lt: the folder holding ImageNet_LT_train.txt (or that file)")
     p.add_argument("--out", required=True, help="the subset file to write (JSON)")
     args = p.parse_args(argv)
-    if args.ratio < 1:
-        p.error(f"--ratio must be at least 1, got {args.ratio}")
+    cli.check_ranges(p, args, {"ratio": Range(1, text="at least 1"), "seed": Range(0, 2**32 - 1, text="in [0, 2**32 - 1]")})
     if args.dataset == "imagenet-lt" and not args.lists:
         p.error("--dataset imagenet-lt needs --lists DIR, the folder of the released ImageNet_LT_*.txt lists")
+    cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    if args.lists and not os.path.isdir(args.lists):
+        cli.input_file(p, "--lists", args.lists, f"the folder holding {IMAGENET_LT_TRAIN}, or that file")
+    cli.output_file(p, "--out", args.out)
     return args
 
 
@@ -126,8 +130,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        main(args)
-    except DatasetError as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main, parse_args())

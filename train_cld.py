@@ -7,7 +7,6 @@ Defaults are the authors' CIFAR-10 NPID+CLD setting; --lam 0 is the NPID baselin
 """
 import argparse
 import contextlib
-import json
 import math
 import os
 import random
@@ -21,9 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from lib import checkpoint, dist, rng
+from lib import checkpoint, cli, dist, jsonl, rng
 from lib.checkpoint import CheckpointError
-from lib.data import (DATASET_NAMES, DatasetError, MultiView, dataset_info, load_dataset, subset_dataset, test_transform,
+from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
+from lib.data import (DATASET_NAMES, MultiView, dataset_info, load_dataset, subset_dataset, test_transform,
                       train_transform)
 from lib.knn import knn_eval
 from lib.losses import cld_terms, npid_loss
@@ -63,7 +63,7 @@ def from_recipes(name):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="digits is bundled with scikit-learn and needs no download")
     p.add_argument("--data", default=None, help="dataset root folder (README, Datasets)")
     p.add_argument("--subset", default=None, help="train on these images only: a file from make_longtail.py (e.g. CIFAR-10-LT)")
@@ -114,17 +114,37 @@ def parse_args(argv=None):
                         "earlier version) with full unpickling, which runs any code in it; only for files you trust")
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--max-bad-steps", type=int, default=20,
+                   help="stop after this many steps in a row with a non-finite loss, gradient or BatchNorm statistic "
+                        "(each such step is skipped)")
     args = p.parse_args(argv)
     args.recipe = recipe_name(args)
     for name, value in RECIPES[args.recipe].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    for name in ("epochs", "batch_size", "clusters", "kmeans_iters", "dim", "knn_k") + (("queue",) if args.moco else ()):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
-    if args.lam < 0 or args.ins_t <= 0 or args.cld_t <= 0:
-        p.error("--lam must be >= 0 and the temperatures > 0")
+        elif name == "warmup_epochs" and getattr(args, name) > args.epochs:  # a recipe's 5 also fits shorter runs
+            p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
+    check_args(p, args)
     return args
+
+
+# What each numeric flag accepts; every float must also be finite.
+RANGES = {
+    "image_size": POSITIVE, "epochs": POSITIVE, "batch_size": POSITIVE, "lr": POSITIVE, "momentum": BELOW_ONE,
+    "wd": NON_NEGATIVE, "warmup_epochs": NON_NEGATIVE, "min_lr": NON_NEGATIVE, "dim": POSITIVE, "ins_t": POSITIVE,
+    "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
+    "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
+    "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE,
+}
+
+
+def check_args(p, args):
+    """Everything that can be checked before any work starts: ranges, then the paths."""
+    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if args.moco else {})})
+    cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
+    cli.input_file(p, "--resume", args.resume, "a checkpoint, RUN/last.pth or RUN/epoch_N.pth")
+    cli.output_folder(p, "--out", args.out)
 
 
 class EpochSampler(Sampler):
@@ -168,8 +188,20 @@ RESUME_CONFIG = ("dataset", "arch", "dim", "instance_head", "group_head", "mlp",
 RESUME_STATE = ("memory", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 
-def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler, autocast, args):
-    """One optimisation step. views: the two query views, plus the key view with --moco. Returns metrics."""
+def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler, autocast, args, stop_requested=False):
+    """One optimisation step. views: the two query views, plus the key view with --moco.
+
+    A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing:
+    no optimizer step, no bank update, no key-encoder update or enqueue, and the BatchNorm statistics its
+    forward passes moved are put back; only an fp16 GradScaler lowers its scale, as it must to recover.
+    Every process takes the same decision: the flag is all-reduced together with stop_requested (this
+    process caught a signal), one collective and one host sync per step, the one the loop already paid
+    for the signal.
+    Returns (metrics [4], whether the step was applied, whether any process asked to stop).
+    """
+    # Buffers a forward pass moves: BatchNorm statistics of the online network (and of the key encoder).
+    volatile = [*raw_model.buffers(), *(memory.encoder.buffers() if args.moco else ())]
+    saved = [buffer.clone() for buffer in volatile]
     with autocast:
         (f1, g1), (f2, g2) = model(views[0], views[1])                      # each [B, dim]
         if args.moco:
@@ -184,14 +216,37 @@ def train_step(model, raw_model, memory, views, indices, step, optimizer, scaler
         loss = loss_ins + args.lam * loss_cld
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss_ins + args.lam * grad_scale * loss_cld).backward()
-    scaler.step(optimizer)
-    scaler.update()
-    # The bank, or the key encoder and queue, move only after the step, outside autograd.
-    if args.moco:
-        memory.update(raw_model, keys)
+    scaler.unscale_(optimizer)  # the gradients at their true scale; nothing to do without fp16
+    grads = [p.grad for p in raw_model.parameters() if p.grad is not None]
+    grad_norm = total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    # A gradient norm beyond float32's range counts as non-finite; so does a BatchNorm statistic that overflowed
+    # in a forward pass whose loss BatchNorm itself kept finite.
+    statistics = torch.cat([buffer.flatten() for buffer in volatile if buffer.is_floating_point()] or [grad_norm[None]])
+    bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm) & torch.isfinite(statistics).all())
+    flags = dist.all_reduce_sum(torch.stack([bad.float(), torch.tensor(float(stop_requested), device=bad.device)]))
+    any_bad, any_stop = (value > 0 for value in flags.tolist())
+    if any_bad:
+        with torch.no_grad():
+            for buffer, value in zip(volatile, saved):
+                buffer.copy_(value)
+        optimizer.zero_grad(set_to_none=True)
     else:
-        memory.update(indices, f1.detach(), f2.detach())
-    return torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
+        scaler.step(optimizer)
+        # The bank, or the key encoder and queue, move only after the step, outside autograd.
+        if args.moco:
+            memory.update(raw_model, keys)
+        else:
+            memory.update(indices, f1.detach(), f2.detach())
+    scaler.update()
+    metrics = torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
+    return metrics, not any_bad, any_stop
+
+
+def total_norm(tensors):
+    """The 2-norm of all tensors together (torch.nn.utils.get_total_norm, which torch < 2.6 lacks)."""
+    if hasattr(torch.nn.utils, "get_total_norm"):
+        return torch.nn.utils.get_total_norm(tensors)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 def group_loss(g1, g2, step, args):
@@ -209,6 +264,32 @@ def group_loss(g1, g2, step, args):
     # Each process only holds the gradient through its own rows and DDP averages over processes:
     # scaling by the world size turns that average into the gradient of the gathered loss.
     return loss, accuracy, world
+
+
+def first_non_finite(state, prefix=""):
+    """The key path of the first floating-point tensor of a nested state (dicts, lists) that holds a NaN
+    or an infinity, or None."""
+    items = state.items() if isinstance(state, dict) else enumerate(state) if isinstance(state, (list, tuple)) else ()
+    for key, value in items:
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return name
+        elif isinstance(value, (dict, list, tuple)):
+            found = first_non_finite(value, name)
+            if found:
+                return found
+    return None
+
+
+def refuse_non_finite(state, path):
+    """CheckpointError when a weight, bank or queue entry or optimizer buffer is NaN or infinite: such a
+    file would poison every resume and evaluation, and the one already at path (if any) must stay."""
+    for part in ("model", "memory", "optimizer"):
+        where = first_non_finite(state[part])
+        if where:
+            raise CheckpointError(f"not writing {path}: {part} entry {where} is not finite; "
+                                  f"the checkpoint already there, if any, is kept")
 
 
 def ignore_sigint(worker_id):
@@ -273,6 +354,7 @@ def main(args):
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     start_epoch, start_step, sums = 0, 0, torch.zeros(len(METRICS), device=device)
+    skipped = 0  # steps of this epoch skipped for a non-finite loss or gradient
     if args.resume:
         ckpt = checkpoint.load(args.resume, device, trust=args.trust_checkpoint, needs=RESUME_CONFIG)
         absent = [key for key in RESUME_STATE if key not in ckpt]
@@ -290,6 +372,7 @@ def main(args):
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         start_epoch, start_step, sums = ckpt["epoch"], ckpt["step"], ckpt["sums"].to(device)
+        skipped = ckpt.get("skipped_steps", 0)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
@@ -314,15 +397,20 @@ def main(args):
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
 
+    last_good = (f"{args.resume} is untouched" if args.resume else "no checkpoint was written")
+
     def save(path, epoch, step):
+        state = {"config": vars(args), "model": raw_model.state_dict(), "memory": memory.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                 "epoch": epoch, "step": step, "sums": sums.cpu(), "skipped_steps": skipped}
+        refuse_non_finite(state, path)  # on every process: they hold the same state, so all stop alike
         states = dist.gather_objects(rng.capture())  # every process's RNG, so a multi-process resume is exact too
         if rank == 0:
-            checkpoint.save_atomic({"config": vars(args), "model": raw_model.state_dict(), "memory": memory.state_dict(),
-                                    "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                                    "epoch": epoch, "step": step, "sums": sums.cpu(), "rng": states}, path)
+            checkpoint.save_atomic({**state, "rng": states}, path)
 
     # ---- training loop
     steps = sampler.steps_per_epoch
+    bad_streak = 0  # steps in a row skipped for a non-finite loss or gradient
     for epoch in range(start_epoch, args.epochs):
         model.train()
         sampler.set_epoch(epoch, start_step)
@@ -336,23 +424,38 @@ def main(args):
             for group in optimizer.param_groups:
                 group["lr"] = lr
             views = [v.to(device, non_blocking=True) for v in views]
-            sums += train_step(model, raw_model, memory, views, indices.to(device, non_blocking=True), epoch * steps + step,
-                               optimizer, scaler, autocast, args)
+            metrics, applied, stop = train_step(model, raw_model, memory, views, indices.to(device, non_blocking=True),
+                                                epoch * steps + step, optimizer, scaler, autocast, args, bool(stop_signal))
+            if applied:
+                sums += metrics
+                bad_streak = 0
+            else:
+                skipped, bad_streak = skipped + 1, bad_streak + 1
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{sums[0].item() / (step + 1):.3f}", lr=f"{lr:.4f}")
-            if dist.all_reduce_sum(torch.tensor([float(bool(stop_signal))], device=device)).item() > 0:
+                bar.set_postfix(loss=f"{sums[0].item() / max(1, step + 1 - skipped):.3f}", lr=f"{lr:.4f}")
+            if stop:
                 save(os.path.join(args.out, "last.pth"), epoch, step + 1)
                 if rank == 0:
                     print(f"stopped by signal after epoch {epoch} step {step + 1}; resume with --resume {args.out}/last.pth", file=sys.stderr)
                 dist.cleanup()
                 sys.exit(128 + (stop_signal[0] if stop_signal else signal.SIGTERM))
+            if bad_streak >= args.max_bad_steps:  # the same count on every process
+                bar.close()
+                if rank == 0:
+                    print(f"error: {bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic (epoch {epoch + 1}, "
+                          f"step {step + 1}, lr {lr:.4g}), each skipped; stopped: {last_good}; "
+                          f"lower --lr or raise --max-bad-steps", file=sys.stderr)
+                dist.cleanup()
+                sys.exit(1)
         train_seconds = time.time() - started
         n_steps_run = steps - start_step
         start_step = 0
 
         dist.average_buffers(raw_model)
         record = {"epoch": epoch + 1, "lr": lr}
-        record.update(zip(METRICS, (dist.all_reduce_sum(sums) / (steps * world)).tolist()))
+        # Means over the applied steps; an epoch without one has none (null in metrics.jsonl).
+        record.update(zip(METRICS, (dist.all_reduce_sum(sums) / ((steps - skipped) * world)).tolist()))
+        record["skipped_steps"] = skipped
         if (args.knn_every and (epoch + 1) % args.knn_every == 0) or epoch + 1 == args.epochs:
             raw_model.eval()
             with autocast:
@@ -361,20 +464,17 @@ def main(args):
         record["images_per_s"] = n_steps_run * args.batch_size / train_seconds
         record["seconds"] = time.time() - started
         sums.zero_()
+        skipped = 0
         save(os.path.join(args.out, "last.pth"), epoch + 1, 0)
+        last_good = f"{args.out}/last.pth (epoch {epoch + 1}) holds the last good state"
         if args.save_every and (epoch + 1) % args.save_every == 0:
             save(os.path.join(args.out, f"epoch_{epoch + 1}.pth"), epoch + 1, 0)
         if rank == 0:
-            with open(os.path.join(args.out, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-            tqdm.write(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
+            jsonl.append(os.path.join(args.out, "metrics.jsonl"), record)
+            tqdm.write(jsonl.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()}))
     dist.cleanup()
     return raw_model, memory
 
 
 if __name__ == "__main__":
-    args = parse_args()
-    try:
-        main(args)
-    except (DatasetError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    cli.run_main(main, parse_args())

@@ -10,11 +10,12 @@ import gzip
 import json
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets
 
 # The augmentations live in lib/augment.py; importing them from here keeps working.
@@ -127,7 +128,12 @@ class FolderDataset(datasets.ImageFolder):
         return names, {name: i for i, name in enumerate(names)}
 
     def __getitem__(self, index):
-        img, target = super().__getitem__(index)
+        try:
+            img, target = super().__getitem__(index)
+        except OSError as e:  # PIL: not an image, or a truncated one
+            reason = "not an image format PIL recognises" if isinstance(e, UnidentifiedImageError) else str(e)
+            raise DatasetError(f"{self.samples[index][0]} is not a readable image ({reason}); "
+                               f"replace or remove it") from None
         return img, int(target), index
 
 
@@ -303,8 +309,12 @@ FASHION_FILES = {
 
 def read_idx(path, magic):
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip: not a gzip file, or cut short
+        raise DatasetError(f"fashion-mnist: {path} cannot be read ({e}); the file is truncated or "
+                           f"corrupt, download it again") from None
     ndim = 3 if magic == 2051 else 1  # images [N,rows,cols], labels [N]
     header = np.frombuffer(raw[:4 * (ndim + 1)], dtype=">u4") if len(raw) >= 4 * (ndim + 1) else [0]
     if header[0] != magic:

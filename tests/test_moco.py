@@ -63,7 +63,9 @@ def test_step_uses_the_old_queue_and_enqueues_after():
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    metrics = train_step(model, model, memory, views, torch.arange(4), 0, optimizer, scaler, contextlib.nullcontext(), args)
+    metrics, applied, _ = train_step(model, model, memory, views, torch.arange(4), 0, optimizer, scaler,
+                                     contextlib.nullcontext(), args)
+    assert applied
     assert torch.allclose(metrics[1], expected, atol=1e-6)
     assert memory.ptr.item() == 4
     assert torch.allclose(memory.queue[:4], keys, atol=1e-6)            # this step's keys, enqueued last
