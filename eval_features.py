@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from lib import analysis, checkpoint, dist
-from lib.checkpoint import CheckpointError
-from lib.data import DatasetError, MultiView, dataset_info, load_dataset, subset_dataset, test_transform, train_transform
+from lib import analysis, checkpoint, cli, dist, jsonl
+from lib.cli import NON_NEGATIVE, POSITIVE, SEED
+from lib.data import MultiView, dataset_info, load_dataset, subset_dataset, test_transform, train_transform
 from lib.knn import extract_features, knn_ranked, topk_accuracy
 
 FEATURES = ("backbone", "f_I", "f_G")
@@ -41,11 +41,11 @@ CLASS_NAMES = {"fashion-mnist": ("T-shirt", "trouser", "pullover", "dress", "coa
 
 
 class InputError(Exception):
-    """Bad command-line input found after parsing (an unwritable folder, runs that cannot be compared)."""
+    """Input that only shows as wrong once the checkpoints are read (runs that cannot share one figure)."""
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", nargs="+", required=True, help="checkpoints written by train_cld.py (RUN/last.pth)")
     p.add_argument("--names", nargs="+", default=None, help="a display name per checkpoint; default: its run folder")
     p.add_argument("--features", nargs="+", choices=FEATURES, default=None,
@@ -75,31 +75,39 @@ def parse_args(argv=None):
                    help="load checkpoints that hold more than tensors and plain values (of an earlier version) with "
                         "full unpickling, which runs any code in them; only for files you trust")
     args = p.parse_args(argv)
-    for name in ("restarts", "kmeans_iters", "k", "batch_size", "tsne_images", "grid_queries", "hist_images",
-                 "selection_images", "clusters", "selection_clusters", "sigma"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive, got {value}")
+    cli.check_ranges(p, args, {name: POSITIVE for name in (
+        "restarts", "kmeans_iters", "k", "sigma", "selection_images", "clusters", "selection_clusters", "tsne_images",
+        "grid_queries", "hist_images", "batch_size")})
+    cli.check_ranges(p, args, {"seed": SEED, "workers": NON_NEGATIVE})
     if args.names is not None and len(args.names) != len(args.ckpt):
         p.error(f"--names gives {len(args.names)} names for {len(args.ckpt)} checkpoints")
+    # Every path before minutes of feature extraction, not after.
+    for path in args.ckpt:
+        cli.input_file(p, "--ckpt", path, "a checkpoint written by train_cld.py (RUN/last.pth)")
+    for folder in args.curves:
+        cli.input_file(p, "--curves", os.path.join(folder, "metrics.jsonl"), "run folders written by train_cld.py --out")
+    cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    if args.figures is not None:
+        cli.output_folder(p, "--figures", args.figures)
     return args
 
 
 def main(args):
     rank, world, device = dist.setup()
-    check_inputs(args, rank)
+    if args.figures and rank == 0:
+        os.makedirs(args.figures, exist_ok=True)
     runs = []
     for i, path in enumerate(args.ckpt):
         run = load_run(path, args.names[i] if args.names else None, args, device)
         extract(run, args, device)
         if rank == 0:
             run["result"] = evaluate(run, args)
-            print(json.dumps(strict(run["result"]), allow_nan=False), flush=True)
+            print(jsonl.dumps(run["result"]), flush=True)
         runs.append(run)
     if rank == 0:
         ranking = rank_runs(runs, args) if len(runs) > 1 else None
         if ranking:
-            print(json.dumps(strict(ranking), allow_nan=False), flush=True)
+            print(jsonl.dumps(ranking), flush=True)
         print_table(runs, ranking, args)
         if args.figures:
             write_figures(runs, args)
@@ -107,23 +115,6 @@ def main(args):
 
 
 # ---------------------------------------------------------------- loading
-
-def check_inputs(args, rank):
-    """Fail before minutes of feature extraction, not after: every path the run will need."""
-    for path in args.ckpt:
-        if not os.path.isfile(path):
-            raise InputError(f"checkpoint {path} does not exist; pass the last.pth written by train_cld.py --out DIR")
-    for folder in args.curves:
-        if not os.path.isfile(os.path.join(folder, "metrics.jsonl")):
-            raise InputError(f"--curves {folder} holds no metrics.jsonl; pass run folders written by train_cld.py --out")
-    if args.figures and rank == 0:
-        try:
-            os.makedirs(args.figures, exist_ok=True)
-        except OSError as e:
-            raise InputError(f"--figures {args.figures} cannot be created ({e.strerror})")
-        if not os.access(args.figures, os.W_OK | os.X_OK):
-            raise InputError(f"--figures {args.figures} is not writable")
-
 
 def run_name(path):
     folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
@@ -269,17 +260,6 @@ def round_floats(obj, digits=6):
     return obj
 
 
-def strict(obj):
-    """Non-finite numbers become null: the JSON stays parseable by strict readers."""
-    if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def rank_runs(runs, args):
     """Fig. 7's claim as numbers: does the selection score order the runs as kNN top-1 (of f_I) does?"""
     f = args.selection_feature
@@ -392,13 +372,9 @@ def read_curves(folders):
     return out
 
 
-def cli(argv=None):
-    args = parse_args(argv)
-    try:
-        main(args)
-    except (DatasetError, CheckpointError, InputError) as e:
-        sys.exit(f"error: {e}")
+def command_line(argv=None):
+    cli.run_main(main, parse_args(argv), errors=(InputError,))
 
 
 if __name__ == "__main__":
-    cli()
+    command_line()

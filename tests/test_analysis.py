@@ -325,7 +325,7 @@ def test_eval_features_end_to_end(tmp_path):
 def test_eval_features_kmeans_k_flags(tmp_path, capsys):
     import eval_features
     a = untrained_checkpoint(tmp_path / "one", 0)
-    eval_features.cli([str(v) for v in ("--ckpt", a, *FAST, "--clusters", 3, "--selection-clusters", 5,
+    eval_features.command_line([str(v) for v in ("--ckpt", a, *FAST, "--clusters", 3, "--selection-clusters", 5,
                                         "--features", "f_I")])
     line = json.loads(capsys.readouterr().out.splitlines()[0])
     assert (line["label_clusters"], line["selection_clusters"]) == (3, 5)
@@ -333,10 +333,10 @@ def test_eval_features_kmeans_k_flags(tmp_path, capsys):
 
 
 def error_of(argv, capsys):
-    """eval_features.cli in this process: the one-line message it exits with (argparse's or ours)."""
+    """eval_features.command_line in this process: the one-line message it exits with."""
     import eval_features
     with pytest.raises(SystemExit) as e:
-        eval_features.cli([str(a) for a in argv])
+        eval_features.command_line([str(a) for a in argv])
     assert e.value.code != 0
     message = e.value.code if isinstance(e.value.code, str) else capsys.readouterr().err.strip().splitlines()[-1]
     assert "\n" not in message
@@ -356,7 +356,9 @@ def test_bad_input_gives_one_clear_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert "cannot be created" in error_of(["--ckpt", a, "--figures", blocker / "sub"], capsys)
-    assert "holds no metrics.jsonl" in error_of(["--ckpt", a, "--curves", tmp_path], capsys)
+    assert "--curves" in error_of(["--ckpt", a, "--curves", tmp_path], capsys)  # a folder without metrics.jsonl
+    assert "--sigma must be finite and positive" in error_of(["--ckpt", a, "--sigma", "nan"], capsys)
+    assert "--workers must be 0 or more" in error_of(["--ckpt", a, "--workers", -1], capsys)
 
 
 def test_curves_are_named_like_their_checkpoints(tmp_path):
