@@ -2,8 +2,9 @@
 
     python experiments/analysis_tables.py runs/analysis
 
-table3.jsonl -> Table 3 (retrieval, NMI, kNN of NPID f_I, NPID+CLD f_I and f_G) as mean +- std over seeds, and
-per seed; sweep.jsonl -> one row per (lambda, T_G) with the selection score beside kNN, and the Spearman line.
+table3.jsonl -> Table 3 (retrieval, NMI, kNN of NPID f_I, NPID+CLD f_I and f_G) as mean +- sample std over seeds,
+and per seed; sweep.jsonl (and sweep_k50.jsonl) -> one row per (lambda, T_G) with the selection score beside kNN,
+and the Spearman correlations.
 """
 import json
 import os
@@ -59,7 +60,7 @@ def sweep(records):
     for r in sorted(runs, key=lambda r: (r["lam"], r["cld_t"])):
         s = r["selection"][r["selection_feature"]]
         t_g = "-" if r["lam"] == 0 else r["cld_t"]
-        print(f"| {r['lam']:g} | {t_g} | {r['run']} | {s['nmi']:.4f} | {s['r']:.4f} | {s['score']:.5f} | "
+        print(f"| {r['lam']:g} | {t_g} | {r['run']} | {s['nmi']:.4f} | {s['r']:.4f} | {s['score']:.2e} | "
               f"{r['features']['f_I']['knn_top1']:.2f} |")
     if ranking:
         print("\nSpearman with kNN top-1: " + ", ".join(f"{k} {v:.3f}" if v is not None else f"{k} undefined"
@@ -79,6 +80,7 @@ if __name__ == "__main__":
     if os.path.isfile(os.path.join(folder, "table3.jsonl")):
         print("## Table 3\n")
         table3(read(os.path.join(folder, "table3.jsonl")))
-    if os.path.isfile(os.path.join(folder, "sweep.jsonl")):
-        print("\n## Sweep\n")
-        sweep(read(os.path.join(folder, "sweep.jsonl")))
+    for name, title in (("sweep", "Sweep"), ("sweep_k50", "Sweep, K = 50 for NMI(f, f')")):
+        if os.path.isfile(os.path.join(folder, f"{name}.jsonl")):
+            print(f"\n## {title}\n")
+            sweep(read(os.path.join(folder, f"{name}.jsonl")))
