@@ -32,7 +32,9 @@ from torch.utils.data import Subset
 
 from lib import analysis, checkpoint, cli, dist, jsonl
 from lib.cli import NON_NEGATIVE, POSITIVE, SEED
-from lib.data import MultiView, dataset_info, load_dataset, subset_dataset, test_transform, train_transform
+from lib.augment import MultiView, test_transform, train_transform
+from lib.data import dataset_info, load_dataset
+from lib.subsets import subset_dataset
 from lib.knn import extract_features, knn_ranked, topk_accuracy
 
 FEATURES = ("backbone", "f_I", "f_G")

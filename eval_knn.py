@@ -15,7 +15,9 @@ import torch
 
 from lib import checkpoint, cli, dist, jsonl
 from lib.cli import NON_NEGATIVE, POSITIVE
-from lib.data import dataset_info, load_dataset, subset_dataset, test_transform
+from lib.augment import test_transform
+from lib.data import dataset_info, load_dataset
+from lib.subsets import subset_dataset
 from lib.knn import knn_predict, topk_accuracy
 from lib.longtail import class_counts, shot_accuracy
 

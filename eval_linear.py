@@ -28,9 +28,10 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subse
 from tqdm import tqdm
 
 from lib import checkpoint, cli, dist, jsonl
-from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
-from lib.data import DATASET_NAMES, DatasetError, dataset_info, load_dataset, subset_dataset, test_transform
+from lib.augment import test_transform
+from lib.data import DATASET_NAMES, DatasetError, dataset_info, load_dataset
+from lib.subsets import subset_dataset
 from lib.knn import extract_features
 from lib.linear import (BackboneChanged, ExportError, balanced_subset, check_unchanged, linear_head, probe_transform,
                         snapshot, torchvision_state)

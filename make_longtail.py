@@ -17,7 +17,8 @@ import numpy as np
 
 from lib import cli
 from lib.cli import Range
-from lib.data import DatasetError, load_dataset, write_subset
+from lib.data import DatasetError, load_dataset
+from lib.subsets import write_subset
 from lib.longtail import class_counts, longtail_indices
 
 NAMES = ("cifar10", "cifar100", "fashion-mnist", "imagefolder", "imagenet-lt")

@@ -26,7 +26,8 @@ fmnist_subset() {  # 500 training images per class, fixed by seed 0
   [ -f runs/fmnist_5k.json ] || $PY - "$FMNIST" <<'PY'
 import sys
 import numpy as np
-from lib.data import load_dataset, write_subset
+from lib.data import load_dataset
+from lib.subsets import write_subset
 train = load_dataset("fashion-mnist", sys.argv[1], "train")
 rng = np.random.RandomState(0)
 keep = np.sort(np.concatenate([rng.permutation(np.where(train.targets == c)[0])[:500] for c in range(10)]))

@@ -16,7 +16,7 @@ import tempfile
 
 import torch
 
-from lib.models import build_model
+from lib.models import NetworkSpec
 
 
 class CheckpointError(Exception):
@@ -92,11 +92,21 @@ def load_model_state(model, state, path):
         raise CheckpointError(f"checkpoint {path} does not fit this model: {first}")
 
 
-def load_network(ckpt, path, channels):
-    """The online network (backbone and heads) of a checkpoint, rebuilt from its config, weights loaded."""
+def network_spec(ckpt, path, channels=None):
+    """The NetworkSpec a checkpoint holds; for one without it, built from its config and `channels`."""
     try:
-        model = build_model(ckpt["config"], channels)
-    except (KeyError, ValueError, TypeError, AssertionError) as e:
+        if "network" in ckpt:
+            return NetworkSpec(**ckpt["network"])
+        return NetworkSpec.from_config(ckpt["config"], channels)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"checkpoint {path} has no valid network description ({e})") from None
+
+
+def load_network(ckpt, path, channels=None):
+    """The online network (backbone and heads) of a checkpoint, rebuilt from its NetworkSpec, weights loaded."""
+    try:
+        model = network_spec(ckpt, path, channels).build()
+    except (ValueError, TypeError, AssertionError) as e:
         raise CheckpointError(f"checkpoint {path} describes a network this version cannot build ({e})") from None
     load_model_state(model, ckpt["model"], path)
     return model

@@ -14,6 +14,8 @@ Precision: float16/bfloat16 inputs are promoted to float32, because sums over hu
 are too coarse in half precision; float32 and float64 inputs are used as they are. The returned
 centroids have that computation dtype.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -167,8 +169,9 @@ def spectral_cluster(x, k, iters=5, affinity="relu"):
     Returns (labels, centroids) like kmeans(spherical=True): centroids are the normalised means of x
     (in the original feature space, with autograd) over the spectral labels, so the CLD loss can use them.
 
-    W = x x^T with negatives clamped to 0 (affinity="relu") or replaced by |cos| (affinity="abs", the
-    authors' choice). The diagonal (self-affinity 1) is kept: it makes every degree at least 1.
+    W = x x^T with negatives clamped to 0 (affinity="relu", our default) or replaced by |cos|
+    (affinity="abs", the affinity of the authors' spectral_clustering.py, which also zeroes the diagonal).
+    Both keep the diagonal (self-affinity 1): it makes every degree at least 1.
     Embedding: eigenvectors of the k smallest eigenvalues of L = D^-1/2 (D - W) D^-1/2, rows
     L2-normalised, then spherical k-means with k-means++ seeding (global RNG).
     """
@@ -194,3 +197,14 @@ def spectral_cluster(x, k, iters=5, affinity="relu"):
         fallback = _gather_rows(xd, rep)
     cent = _update(x, labels, k, fallback, spherical=True)
     return _finish(labels, cent, single)
+
+
+def grouping(k, method="kmeans", iters=5, spherical=True, init="first", affinity="relu"):
+    """The clusterer CLD calls on every batch, fixed once from a run's settings:
+    x [B, N, D] -> (labels [B, N], centroids [B, K, D]). method "kmeans" or "spectral" (supplementary §3)."""
+    _check(k, iters)
+    if method == "kmeans":
+        return functools.partial(kmeans, k=k, iters=iters, init=init, spherical=spherical)
+    if method == "spectral":
+        return functools.partial(spectral_cluster, k=k, iters=iters, affinity=affinity)
+    raise ValueError(f"unknown clustering method {method!r}; choose kmeans or spectral")

@@ -1,31 +1,56 @@
-"""NPID's memory bank: one unit-length 128-d prototype per training image."""
+"""NPID's instance-level partner: a memory bank of one unit-length 128-d prototype per training image.
+
+Every partner (this one, lib/moco.py, ...) has the same face, which is all train_cld.py knows of it:
+  views                          how many augmented views of each image a step needs;
+  build(model, config, size)     the partner for a run's config (a dict) and its training set size;
+  loss(queries, views, indices)  the instance loss of the online f_I of the first two views, computed
+                                 inside the step's autocast, and what update() will need;
+  update(model, pending)         after the optimizer step, outside autograd: bank rows, EMA, queue;
+  state_dict() / load_state_dict()  everything the checkpoint must hold (an nn.Module's).
+"""
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import dist
+from lib.losses import npid_loss
 
 
 class MemoryBank(nn.Module):
     """V [N, dim], a buffer so that it lives in the module's state_dict (and so in checkpoints)."""
 
-    def __init__(self, size, dim=128, momentum=0.5):
+    views = 2
+
+    def __init__(self, size, dim=128, momentum=0.5, temperature=0.1):
         super().__init__()
-        self.momentum = momentum
+        self.momentum, self.temperature = momentum, temperature
         # Random unit rows; every rank draws the same ones because every rank seeds identically.
         self.register_buffer("bank", F.normalize(torch.randn(size, dim), dim=1))
+
+    @classmethod
+    def build(cls, model, config, size):
+        return cls(size, config["dim"], config["bank_momentum"], config["ins_t"])
 
     def logits(self, features, temperature):
         """features [B, dim] -> [B, N]: similarity to every prototype, the full-softmax NPID logits."""
         return features @ self.bank.t().to(features.dtype) / temperature
 
+    def loss(self, queries, views, indices):
+        """Mean over the views of the full-softmax NPID loss; update() then writes the same features."""
+        loss = sum(npid_loss(q, indices, self, self.temperature) for q in queries) / len(queries)
+        return loss, (indices, [q.detach() for q in queries])
+
+    def update(self, model, pending):
+        indices, features = pending
+        self.write(indices, *features)
+
     @torch.no_grad()
-    def update(self, indices, *views):
+    def write(self, indices, *views):
         """V[i] <- normalise(m V[i] + (1 - m) f(x_i)), once per view in order.
 
-        Called after the optimizer step, outside autograd. Indices and features are gathered from
-        every process first, so all processes apply the same update and hold identical banks.
-        indices: [B] long; each view: [B, dim]. Indices within one global batch must be distinct.
+        Indices and features are gathered from every process first, so all processes apply the same
+        update and hold identical banks. indices: [B] long; each view: [B, dim]. Indices within one
+        global batch must be distinct.
         """
         indices = dist.all_gather(indices)                     # [world * B]
         for features in views:

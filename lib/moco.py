@@ -7,20 +7,27 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import dist
+from lib.losses import infonce_loss
 
 
 class MomentumEncoder(nn.Module):
     """Key encoder (an EMA of the online network) plus the FIFO queue of keys that serve as negatives.
     Everything lives in this module's state_dict: encoder weights, queue and pointer."""
 
-    def __init__(self, model, queue_size, dim=128, momentum=0.999):
+    views = 3  # two queries through the online network (CLD runs between them) and one key
+
+    def __init__(self, model, queue_size, dim=128, momentum=0.999, temperature=0.07):
         super().__init__()
-        self.momentum = momentum
+        self.momentum, self.temperature = momentum, temperature
         self.encoder = copy.deepcopy(model)
         for p in self.encoder.parameters():
             p.requires_grad_(False)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim), dim=1))   # [Q, dim]
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def build(cls, model, config, size):
+        return cls(model, config["queue"], config["dim"], config["moco_momentum"], config["ins_t"])
 
     @torch.no_grad()
     def keys(self, images):
@@ -31,12 +38,11 @@ class MomentumEncoder(nn.Module):
         keys = self.encoder(shuffled)[0][0]                       # f_I of the only view, [B, dim]
         return unshuffle_across_processes(keys, order)
 
-    def loss(self, queries, keys, temperature):
-        """InfoNCE with the positive in column 0: CE([q.k, q.queue^T] / T, 0). queries, keys [B, dim]."""
-        positive = (queries * keys.to(queries.dtype)).sum(dim=1, keepdim=True)          # [B, 1]
-        negative = queries @ self.queue.t().to(queries.dtype)                            # [B, Q]
-        logits = torch.cat([positive, negative], dim=1) / temperature
-        return F.cross_entropy(logits, torch.zeros(len(queries), dtype=torch.long, device=queries.device))
+    def loss(self, queries, views, indices):
+        """Mean over the queries of InfoNCE against this step's keys (from the third view) and the queue."""
+        keys = self.keys(views[2])                                                       # [B, dim], no gradient
+        loss = sum(infonce_loss(q, keys, self.queue, self.temperature) for q in queries) / len(queries)
+        return loss, keys
 
     @torch.no_grad()
     def update(self, model, keys):

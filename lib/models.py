@@ -3,6 +3,8 @@
 CLDNet = backbone f -> (instance head f_I, group head f_G), both outputs L2-normalised.
 The paper: "instance and group branches share the same model except for the last fc layer".
 """
+from dataclasses import dataclass, fields
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -160,11 +162,37 @@ class CLDNet(nn.Module):
         return out
 
     def embed(self, x):
-        """The evaluation feature: normalised f_I (SPEC §3)."""
+        """The evaluation feature: normalised f_I (the paper's kNN protocol, after NPID)."""
         return F.normalize(self.instance_head(self.projector(self.backbone(x))), dim=1)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What rebuilds a run's network: checkpoints store it as plain values (asdict), the evaluation
+    scripts build from it, and --resume compares it with the run's own."""
+    arch: str
+    in_channels: int
+    image_size: int
+    dim: int = 128
+    instance_head: str = "linear"
+    group_head: str = "linear"
+    mlp: bool = False
+
+    @classmethod
+    def from_config(cls, config, in_channels):
+        """From a run's settings (train_cld.py's args as a dict, or a checkpoint's config)."""
+        return cls(config["arch"], in_channels, config["image_size"], config["dim"], config["instance_head"],
+                   config["group_head"], bool(config.get("mlp", False)))
+
+    def build(self):
+        return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp)
+
+    def differences(self, other):
+        """[(field, self's value, other's value)] where the two disagree."""
+        return [(f.name, getattr(self, f.name), getattr(other, f.name)) for f in fields(self)
+                if getattr(self, f.name) != getattr(other, f.name)]
 
 
 def build_model(config, in_channels):
     """The network a run trained, from its config (a checkpoint's "config" entry or train_cld.py's args)."""
-    return CLDNet(config["arch"], in_channels, config["dim"], config["instance_head"], config["group_head"],
-                  config.get("mlp", False))
+    return NetworkSpec.from_config(config, in_channels).build()

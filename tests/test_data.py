@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 from lib.correlated import correlated_views, render_view
-from lib.data import (DATASET_NAMES, IMAGENET100_LIST, DatasetError, DatasetInfo, MultiView, dataset_info,
-                      default_root, load_dataset, train_transform)
-from lib.data import test_transform as eval_transform  # a test_* name would be collected
+from lib.augment import MultiView, train_transform
+from lib.augment import test_transform as eval_transform  # a test_* name would be collected
+from lib.data import DATASET_NAMES, IMAGENET100_LIST, DatasetError, DatasetInfo, dataset_info, default_root, load_dataset
 from tests.fixtures import (write_cifar10, write_cifar100, write_fashion_mnist, write_idx,
                             write_imagefolder, write_stl10)
 

@@ -12,7 +12,8 @@ import torchvision
 
 import eval_linear
 from lib.checkpoint import CheckpointError
-from lib.data import dataset_info, load_dataset, write_subset
+from lib.data import dataset_info, load_dataset
+from lib.subsets import write_subset
 from lib.linear import BackboneChanged, ExportError, balanced_subset, check_unchanged, snapshot
 from lib.longtail import longtail_indices
 from lib.models import CLDNet, build_model

@@ -11,9 +11,9 @@ import torch
 import eval_knn
 import make_longtail
 from lib.checkpoint import save_atomic
-from lib.data import (DatasetError, dataset_info, default_root, load_dataset, read_subset, subset_dataset,
-                      write_subset)
-from lib.data import test_transform as eval_transform  # a test_* name would be collected
+from lib.augment import test_transform as eval_transform  # a test_* name would be collected
+from lib.data import DatasetError, dataset_info, default_root, load_dataset
+from lib.subsets import read_subset, subset_dataset, write_subset
 from lib.longtail import class_counts, longtail_counts, longtail_indices, shot_accuracy
 from lib.models import build_model
 from tests.fixtures import (write_cifar10, write_cifar100, write_fashion_mnist, write_imagefolder,

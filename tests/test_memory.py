@@ -12,7 +12,7 @@ def test_update_is_sequential_ema_then_normalise():
     before = memory.bank.clone()
     view1 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     view2 = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
-    memory.update(torch.tensor([0, 3]), view1, view2)
+    memory.write(torch.tensor([0, 3]), view1, view2)
     # row 0: (1,0) -> normalise(.5, .5) = (r, r) -> normalise(.5r + .5, .5r)
     r = 1 / math.sqrt(2)
     row0 = torch.tensor([0.5 * r + 0.5, 0.5 * r])
@@ -34,7 +34,7 @@ def test_bank_is_in_state_dict_and_rows_unit_length():
 def test_update_outside_autograd():
     memory = MemoryBank(5, dim=3)
     f = torch.randn(2, 3, requires_grad=True)
-    memory.update(torch.tensor([1, 2]), f)
+    memory.write(torch.tensor([1, 2]), f)
     assert not memory.bank.requires_grad
 
 

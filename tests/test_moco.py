@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from lib.models import CLDNet
 from lib.moco import MomentumEncoder, shuffle_across_processes, unshuffle_across_processes
-from train_cld import parse_args, train_step
+from lib.losses import infonce_loss
+from train_cld import make_cross_level, parse_args, train_step
 
 
 def test_queue_is_fifo_and_wraps_around():
@@ -40,7 +41,7 @@ def test_loss_puts_the_positive_first():
     memory.queue.copy_(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]))
     q, k = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.6, 0.8]])
     logits = torch.tensor([[0.6, 0.0, -1.0]]) / 0.5   # [q.k, q.queue_0, q.queue_1] / T
-    assert torch.allclose(memory.loss(q, k, 0.5), F.cross_entropy(logits, torch.tensor([0])))
+    assert torch.allclose(infonce_loss(q, k, memory.queue, 0.5), F.cross_entropy(logits, torch.tensor([0])))
 
 
 def test_single_process_shuffle_is_identity():
@@ -53,18 +54,19 @@ def test_step_uses_the_old_queue_and_enqueues_after():
     torch.manual_seed(0)
     args = parse_args(["--moco", "--out", "unused", "--dim", "8", "--queue", "16", "--clusters", "2", "--lam", "1"])
     model = CLDNet("resnet20", 1, dim=8, instance_head="normlinear", group_head="normlinear")
-    memory = MomentumEncoder(model, queue_size=16, dim=8)
+    memory = MomentumEncoder(model, queue_size=16, dim=8, temperature=args.ins_t)
     views = [torch.randn(4, 1, 8, 8) for _ in range(3)]
     # what the step must compute: both queries against the queue as it was before the step
     model_before, memory_before = copy.deepcopy(model), copy.deepcopy(memory)
     (f1, _), (f2, _) = model_before(views[0], views[1])
     keys = memory_before.keys(views[2])
-    expected = (memory_before.loss(f1, keys, args.ins_t) + memory_before.loss(f2, keys, args.ins_t)) / 2
+    expected = (infonce_loss(f1, keys, memory_before.queue, args.ins_t)
+                + infonce_loss(f2, keys, memory_before.queue, args.ins_t)) / 2
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    metrics, applied, _ = train_step(model, model, memory, views, torch.arange(4), 0, optimizer, scaler,
-                                     contextlib.nullcontext(), args)
+    metrics, applied, _ = train_step(model, model, memory, make_cross_level(args), views, torch.arange(4), 0, optimizer,
+                                     scaler, contextlib.nullcontext())
     assert applied
     assert torch.allclose(metrics[1], expected, atol=1e-6)
     assert memory.ptr.item() == 4

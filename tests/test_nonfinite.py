@@ -17,6 +17,7 @@ from lib.checkpoint import CheckpointError
 from lib.memory import MemoryBank
 from lib.models import CLDNet
 from lib.moco import MomentumEncoder
+from tests.common import states_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
@@ -33,16 +34,6 @@ def strict_json_lines(text):
 
 def state(model, memory, optimizer):
     return copy.deepcopy({"model": model.state_dict(), "memory": memory.state_dict(), "optimizer": optimizer.state_dict()})
-
-
-def same(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    return a == b
 
 
 class InfiniteGradient(torch.autograd.Function):
@@ -63,13 +54,14 @@ def setup(tmp_path, moco, scaler_enabled=False):
     args = train_cld.parse_args(argv + (["--moco", "--queue", "16"] if moco else []))
     model = CLDNet("resnet20", 1, dim=8, instance_head=args.instance_head, group_head=args.group_head)
     memory = MomentumEncoder(model, queue_size=16, dim=8) if moco else MemoryBank(16, 8)
+    cld = train_cld.make_cross_level(args)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     scaler = torch.amp.GradScaler("cpu", enabled=scaler_enabled)
     views = [torch.randn(8, 1, 8, 8) for _ in range(3 if moco else 2)]
 
     def step(i, stop=False):
-        return train_step(model, model, memory, views, torch.arange(8), i, optimizer, scaler, contextlib.nullcontext(),
-                          args, stop)
+        return train_step(model, model, memory, cld, views, torch.arange(8), i, optimizer, scaler,
+                          contextlib.nullcontext(), stop)
     train_step = train_cld.train_step
     return step, model, memory, optimizer, scaler
 
@@ -81,37 +73,38 @@ def test_a_bad_step_changes_nothing(moco, how, tmp_path, monkeypatch):
     assert step(0)[1]                       # a good step first: momentum buffers exist, the queue has moved
     before = state(model, memory, optimizer)
 
-    real = memory.loss if moco else train_cld.npid_loss
+    real = memory.loss
 
     def broken(*a):
-        loss = real(*a)
-        return loss * math.nan if how == "nan-loss" else InfiniteGradient.apply(loss)
-    if moco:
-        monkeypatch.setattr(memory, "loss", broken)
-    else:
-        monkeypatch.setattr(train_cld, "npid_loss", broken)
+        loss, pending = real(*a)
+        return (loss * math.nan if how == "nan-loss" else InfiniteGradient.apply(loss)), pending
+    monkeypatch.setattr(memory, "loss", broken)
     metrics, applied, stop = step(1)
     assert not applied and not stop
     # weights, BatchNorm statistics, bank or queue + pointer + key encoder, optimizer momentum: all as before
-    assert same(state(model, memory, optimizer), before)
+    assert states_equal(state(model, memory, optimizer), before)
     assert all(p.grad is None for p in model.parameters())
 
     monkeypatch.undo()
     _, applied, _ = step(2)                 # and a good step afterwards does move them
     after = state(model, memory, optimizer)
     assert applied
-    assert not same(after["model"], before["model"]) and not same(after["optimizer"], before["optimizer"])
-    assert not same(after["memory"], before["memory"])
+    assert not states_equal(after["model"], before["model"]) and not states_equal(after["optimizer"], before["optimizer"])
+    assert not states_equal(after["memory"], before["memory"])
 
 
 def test_fp16_scaler_skips_and_lowers_its_scale(tmp_path, monkeypatch):
     step, model, memory, optimizer, scaler = setup(tmp_path, moco=False, scaler_enabled=True)
     step(0)
     before, scale = state(model, memory, optimizer), scaler.get_scale()
-    real = train_cld.npid_loss
-    monkeypatch.setattr(train_cld, "npid_loss", lambda *a: InfiniteGradient.apply(real(*a)))
+    real = memory.loss
+
+    def infinite_gradient(*a):
+        loss, pending = real(*a)
+        return InfiniteGradient.apply(loss), pending
+    monkeypatch.setattr(memory, "loss", infinite_gradient)
     _, applied, _ = step(1)
-    assert not applied and same(state(model, memory, optimizer), before)
+    assert not applied and states_equal(state(model, memory, optimizer), before)
     assert scaler.get_scale() == scale / 2  # the scaler backs off, as it must to recover
 
 
@@ -120,7 +113,7 @@ def test_stop_request_travels_with_the_step(tmp_path):
     assert step(0)[1:] == (True, False)
     before = copy.deepcopy(model.state_dict())
     assert step(1, stop=True)[1:] == (True, True)  # the step still happens; the loop then saves and stops
-    assert not same(model.state_dict(), before)
+    assert not states_equal(model.state_dict(), before)
 
 
 # ---------------------------------------------------------------- whole runs
@@ -134,17 +127,17 @@ def no_signal_handlers(monkeypatch):
 def nan_at(monkeypatch, bad_steps):
     """Make the instance loss NaN at the given global steps (and count the steps seen)."""
     current = {"step": None}
-    real_step, real_loss = train_cld.train_step, train_cld.npid_loss
+    real_step, real_loss = train_cld.train_step, MemoryBank.loss
 
     def train_step(*a, **k):
-        current["step"] = a[5]
+        current["step"] = a[6]
         return real_step(*a, **k)
 
     def npid_loss(*a):
-        loss = real_loss(*a)
-        return loss * math.nan if bad_steps(current["step"]) else loss
+        loss, pending = real_loss(*a)
+        return (loss * math.nan if bad_steps(current["step"]) else loss), pending
     monkeypatch.setattr(train_cld, "train_step", train_step)
-    monkeypatch.setattr(train_cld, "npid_loss", npid_loss)
+    monkeypatch.setattr(MemoryBank, "loss", npid_loss)
 
 
 def test_skipped_steps_are_counted_and_the_run_goes_on(tmp_path, monkeypatch, no_signal_handlers):
@@ -193,7 +186,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, monkeypatch, no_signal_hand
 
     def train_step(model, raw_model, *a, **k):
         out = real_step(model, raw_model, *a, **k)
-        if a[3] == 2 * STEPS - 1:
+        if a[4] == 2 * STEPS - 1:
             with torch.no_grad():
                 next(raw_model.parameters()).view(-1)[0] = math.nan
         return out

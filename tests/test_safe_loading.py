@@ -4,8 +4,6 @@ import io
 import os
 import pickle
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,19 +12,15 @@ import torch
 from lib import checkpoint, rng
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, load_dataset
+from tests.common import run, states_equal
 from tests.fixtures import write_cifar10
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0",
          "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "0"]
 
 
-def run(script, *args):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600)
-
-
 def one_clear_line(result):
+    """Stricter than tests.common's: the one line is all of stderr."""
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -55,16 +49,6 @@ def two_epochs(tmp_path_factory):
 def training_state(path):
     ckpt = torch.load(path, weights_only=True)
     return {k: ckpt[k] for k in ("model", "memory", "optimizer", "epoch", "step")}
-
-
-def same(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    return a == b
 
 
 def legacy(path, out):
@@ -180,7 +164,7 @@ def test_old_checkpoint_refused_then_trusted_then_converted(two_epochs, tmp_path
     # Resuming the old file (trusted) ends exactly where the uninterrupted run ends.
     r = run("train_cld.py", *SMALL, "--epochs", 2, "--resume", old, "--trust-checkpoint", "--out", tmp_path / "a")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert same(training_state(tmp_path / "a" / "last.pth"), training_state(two_epochs / "last.pth"))
+    assert states_equal(training_state(tmp_path / "a" / "last.pth"), training_state(two_epochs / "last.pth"))
 
     assert run("convert_checkpoint.py", old, tmp_path / "new.pth").returncode == 2  # refuses without the flag
     r = run("convert_checkpoint.py", "--trust-checkpoint", old, tmp_path / "new.pth")
@@ -188,4 +172,4 @@ def test_old_checkpoint_refused_then_trusted_then_converted(two_epochs, tmp_path
     checkpoint.load(tmp_path / "new.pth")  # safe now
     r = run("train_cld.py", *SMALL, "--epochs", 2, "--resume", tmp_path / "new.pth", "--out", tmp_path / "b")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert same(training_state(tmp_path / "b" / "last.pth"), training_state(two_epochs / "last.pth"))
+    assert states_equal(training_state(tmp_path / "b" / "last.pth"), training_state(two_epochs / "last.pth"))

@@ -1,6 +1,5 @@
 """train_cld.py and eval_knn.py end to end on the bundled digits, as a user runs them."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,27 +11,14 @@ import torch
 
 from lib.checkpoint import save_atomic
 from lib.data import dataset_info, load_dataset
-from lib.data import test_transform as eval_transform
+from lib.augment import test_transform as eval_transform
 from lib.knn import knn_eval
 from lib.models import CLDNet
+from tests.common import ROOT, one_clear_line, run, states_equal
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0"]
 # A short schedule that learns reliably on digits: a small constant-then-cosine lr, no warm-up.
 SHORT = [*SMALL, "--epochs", "6", "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "1"]
-
-
-def run(script, *args, timeout=900):
-    return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def one_clear_line(result):
-    """A failure the user can act on: non-zero exit, no traceback, the message on one stderr line."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    return lines[-1]
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +28,6 @@ def reference_run(tmp_path_factory):
     r = run("train_cld.py", *SHORT, "--save-every", 1, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
-
-
-def states_equal(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(states_equal(a[k], b[k]) for k in a)
-    if isinstance(a, (list, tuple)):
-        return len(a) == len(b) and all(states_equal(x, y) for x, y in zip(a, b))
-    if isinstance(a, torch.Tensor):
-        return torch.equal(a, b)
-    return a == b
 
 
 def assert_same_training_state(path_a, path_b):
@@ -191,7 +167,7 @@ def test_moco_resume_is_exact_and_checkpoint_holds_key_encoder_and_queue(tmp_pat
 
 
 def test_training_on_a_subset(tmp_path):
-    from lib.data import write_subset
+    from lib.subsets import write_subset
     full = load_dataset("digits", None, "train")
     keep = np.concatenate([np.where(full.targets == c)[0][: 12 * (c + 1)] for c in range(10)])  # 12 ... 120 per class
     write_subset(tmp_path / "subset.json", keep, full.targets[keep], len(full), dataset="digits")

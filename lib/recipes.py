@@ -1,0 +1,90 @@
+"""The authors' training settings, one row per (instance-level partner, dataset).
+
+train_cld.py fills every setting the user leaves unset from the row that fits the run, and records
+where each value came from. A dataset without a row of its own (digits, Fashion-MNIST, image folders,
+synthetic) takes the partner's CIFAR-10 row: the small-image settings (our choice). A new partner
+adds its rows here.
+"""
+from dataclasses import dataclass
+
+# The settings a row may fix. Anything else keeps the flag's own default.
+SETTINGS = ("epochs", "batch_size", "lr", "wd", "warmup_epochs", "clusters", "lam", "ins_t", "cld_t",
+            "instance_head", "group_head", "mlp", "aug", "erasing", "queue", "knn_every")
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str       # where the values come from: a script of the authors, or the paper
+    values: dict      # setting -> value; lr is the base lr per 128 images (the run uses lr * batch / 128)
+
+
+NPID_CIFAR10 = dict(epochs=200, batch_size=256, lr=0.03, wd=7e-4, warmup_epochs=5, clusters=128, lam=1.0, ins_t=0.1,
+                    cld_t=0.2, instance_head="linear", group_head="linear", mlp=False, aug="default", erasing=False,
+                    queue=0, knn_every=1)
+MOCO_CIFAR10 = dict(epochs=200, batch_size=256, lr=0.03, wd=8e-4, warmup_epochs=5, clusters=200, lam=0.8, ins_t=0.07,
+                    cld_t=0.2, instance_head="normlinear", group_head="normlinear", mlp=False, aug="aug-plus",
+                    erasing=True, queue=12288, knn_every=1)
+# MoCo v2+CLD on ImageNet: lr 0.2 at batch 512 is 0.05 per 128 images; cosine without warm-up. The kNN
+# monitor runs only after the last epoch: re-embedding 1.28M images every epoch costs a third of one.
+MOCO_IMAGENET = dict(epochs=200, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=0, clusters=120, lam=0.25, ins_t=0.2,
+                     cld_t=0.4, instance_head="normlinear", group_head="normlinear", mlp=True, aug="aug-plus",
+                     erasing=False, queue=65536, knn_every=0)
+# NPID+CLD on ImageNet: the supplementary (§2.1) gives batch 256 and lr 0.03 (0.015 per 128), batch 512
+# and lr 0.8 (0.2 per 128) on ImageNet-100, and weight decay 1e-4. It gives neither K nor lambda: we take
+# the ImageNet MoCo v2+CLD K 120 and the lambda 0.25 of the paper's ImageNet-100 sweep (Table 8).
+NPID_IMAGENET = dict(NPID_CIFAR10, batch_size=256, lr=0.015, wd=1e-4, clusters=120, lam=0.25, knn_every=0)
+
+ROWS = {
+    ("npid", "cifar10"): Row("authors' scripts/cifar/train_cifar10_npid_cld.sh", NPID_CIFAR10),
+    ("npid", "cifar100"): Row("authors' scripts/cifar/train_cifar100_npid_cld.sh", dict(NPID_CIFAR10, clusters=200)),
+    ("npid", "stl10"): Row("supplementary §2.3: CIFAR's batch 256 and lr 0.03, 96 px", NPID_CIFAR10),
+    ("npid", "kitchen-hc"): Row("supplementary §2.2: CIFAR's settings, 80 epochs", dict(NPID_CIFAR10, epochs=80)),
+    ("npid", "imagenet"): Row("supplementary §2.1 (batch 256, lr 0.03, wd 1e-4); K and lambda ours", NPID_IMAGENET),
+    ("npid", "imagenet100"): Row("supplementary §2.1 (batch 512, lr 0.8, wd 1e-4); K and lambda ours",
+                                 dict(NPID_IMAGENET, batch_size=512, lr=0.2)),
+    ("moco", "cifar10"): Row("authors' scripts/cifar/train_cifar10_moco_cld.sh", MOCO_CIFAR10),
+    ("moco", "cifar100"): Row("authors' scripts/cifar/train_cifar100_moco_cld.sh",
+                              dict(MOCO_CIFAR10, batch_size=128, wd=7e-4, clusters=100, lam=0.25, queue=4096,
+                                   aug="default", erasing=False)),
+    ("moco", "stl10"): Row("supplementary §2.3: CIFAR's settings, 96 px", MOCO_CIFAR10),
+    ("moco", "kitchen-hc"): Row("supplementary §2.2: CIFAR's settings, 80 epochs", dict(MOCO_CIFAR10, epochs=80)),
+    ("moco", "imagenet"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh", MOCO_IMAGENET),
+    ("moco", "imagenet100"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh (ImageNet's values)",
+                                 MOCO_IMAGENET),
+}
+
+
+def row_name(partner, dataset):
+    """The row a run of `partner` on `dataset` takes: its own, else the partner's CIFAR-10 row."""
+    if (partner, dataset) in ROWS:
+        return partner, dataset
+    if (partner, "cifar10") in ROWS:
+        return partner, "cifar10"
+    raise ValueError(f"no training settings for the partner {partner!r}; add its rows to lib/recipes.py")
+
+
+def resolve(settings, partner, dataset):
+    """settings: name -> value, None where the user set nothing. Returns (the settings with every None of
+    the row's names filled in, name -> where its value came from)."""
+    key = row_name(partner, dataset)
+    row = ROWS[key]
+    label = f"recipe {key[0]}/{key[1]}" + ("" if key[1] == dataset else f" (no {dataset} row)")
+    resolved, sources = dict(settings), {}
+    for name in SETTINGS:
+        if name not in settings:
+            continue
+        if settings[name] is None:
+            resolved[name] = row.values[name]
+            sources[name] = f"{label}: {row.source}"
+        else:
+            sources[name] = "flag"
+    return resolved, sources
+
+
+def help_table():
+    """Each row's values as lines of text, for --help."""
+    lines = []
+    for (partner, dataset), row in ROWS.items():
+        values = " ".join(f"{name}={row.values[name]}" for name in SETTINGS)
+        lines.append(f"  {partner}/{dataset}: {values}\n      ({row.source})")
+    return "\n".join(lines)
