@@ -107,7 +107,7 @@ def parse_args(argv=None):
     args.moco = args.partner == "moco"  # kept in the config: checkpoints of earlier versions name the partner so
     info = dataset_info(args.dataset)
     args.arch = args.arch or info.default_arch
-    args.image_size = args.image_size or info.image_size
+    args.image_size = info.image_size if args.image_size is None else args.image_size  # 0 is refused below, not replaced
     settings, args.sources = recipes.resolve(vars(args), args.partner, args.dataset)
     args.recipe = "/".join(recipes.row_name(args.partner, args.dataset))
     vars(args).update(settings)

@@ -205,7 +205,7 @@ def test_small_resnet_export_is_refused(trained, tmp_path):
 
 def test_checkpoint_from_another_architecture(trained, tmp_path):
     ckpt = torch.load(trained, weights_only=False)
-    ckpt["config"]["arch"] = "resnet32"  # claims another network than its weights are
+    ckpt["network"]["arch"] = ckpt["config"]["arch"] = "resnet32"  # claims another network than its weights are
     torch.save(ckpt, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"checkpoint .*other\.pth does not fit this model"):
         eval_linear.main(eval_linear.parse_args(["--ckpt", str(tmp_path / "other.pth"), "--cached-features"]))

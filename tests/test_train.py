@@ -116,7 +116,7 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
 
 def test_checkpoint_from_another_model(reference_run, tmp_path):
     ckpt = torch.load(reference_run / "last.pth", weights_only=False)
-    ckpt["config"]["arch"] = "resnet32"  # claims another network than its weights are
+    ckpt["network"]["arch"] = ckpt["config"]["arch"] = "resnet32"  # claims another network than its weights are
     torch.save(ckpt, tmp_path / "other.pth")
     line = one_clear_line(run("eval_knn.py", "--ckpt", tmp_path / "other.pth"))
     assert "does not fit this model" in line
