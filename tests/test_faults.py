@@ -390,7 +390,7 @@ def test_broken_images_are_listed_before_training(tmp_path):
 
 
 def test_unreadable_images_reads_every_file_with_workers(tmp_path):
-    root = write_imagefolder(tmp_path, classes=2, n_per_class=40, size=8, splits=("train",))
+    write_imagefolder(tmp_path, classes=2, n_per_class=40, size=8, splits=("train",))
     paths = sorted(str(p) for p in (tmp_path / "train").rglob("*.png"))
     (tmp_path / "train" / "class_1" / "img_33.png").write_bytes(b"")
     bad = data.unreadable_images(paths, workers=2)
