@@ -54,7 +54,8 @@ fmnist_subset() {  # balanced Fashion-MNIST subset: 1,000 training images per cl
   [ -f "$RUNS/fmnist_10k.json" ] || $PY - "$FMNIST" "$RUNS/fmnist_10k.json" <<'PY'
 import sys
 import numpy as np
-from lib.data import load_dataset, write_subset
+from lib.data import load_dataset
+from lib.subsets import write_subset
 train = load_dataset("fashion-mnist", sys.argv[1], "train")
 rng = np.random.RandomState(0)
 keep = np.sort(np.concatenate([rng.permutation(np.where(train.targets == c)[0])[:1000] for c in range(10)]))

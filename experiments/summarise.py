@@ -124,7 +124,7 @@ def untrained_digits():
     """kNN top-1 of the untrained ResNet-20 on digits, as tests/test_train.py computes it."""
     import torch
     from lib.data import dataset_info, load_dataset
-    from lib.data import test_transform as eval_transform
+    from lib.augment import test_transform as eval_transform
     from lib.knn import knn_eval
     from lib.models import CLDNet
     info = dataset_info("digits")
