@@ -362,7 +362,8 @@ def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, 
     assert "Traceback" not in err and "killed by signal" not in err, err[-3000:]
     assert "stopped by signal in epoch 2/2 after step " in err
     saved = torch.load(out / "last.pth", weights_only=True)
-    assert saved["epoch"] == 1 and 0 < saved["step"] < STEPS
+    # Inside epoch 2: on a quiet machine the signal may land at its last step, still before the epoch record.
+    assert saved["epoch"] == 1 and 0 < saved["step"] <= STEPS
     r = subprocess.run([sys.executable, "train_cld.py", *argv, "--resume", str(out / "last.pth"), "--out", str(out)],
                        cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
