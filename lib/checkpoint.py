@@ -8,7 +8,6 @@ handed you cannot execute code. Files from earlier versions of this project stor
 RNG state; they load only with an explicit trust=True (--trust-checkpoint), and convert_legacy() turns
 them into the safe format.
 """
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ import tempfile
 
 import torch
 
+from lib import jsonl
 from lib.models import NetworkSpec
 
 
@@ -180,7 +180,4 @@ def legacy_rng(state):
 
 
 def write_json_atomic(obj, path):
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    jsonl.write_atomic(path, jsonl.dumps(obj, indent=2))

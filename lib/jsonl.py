@@ -5,6 +5,7 @@ accepts; one such value in metrics.jsonl makes the whole file unreadable to othe
 """
 import json
 import math
+import os
 
 import numpy as np
 
@@ -23,6 +24,22 @@ def strict(value):
 def dumps(obj, **kwargs):
     """json.dumps that writes null for NaN and infinities and never emits a non-JSON token."""
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
+def write_atomic(path, text):
+    """Replace path's contents with text, or leave it as it was: write a temporary beside it, flush it to
+    disk, rename. The temporary is path + ".tmp"; a failed write removes it."""
+    tmp = f"{os.fspath(path)}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def append(path, record):

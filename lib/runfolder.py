@@ -83,12 +83,7 @@ def read_records(path):
 
 
 def write_lines_atomic(path, records):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.writelines(jsonl.dumps(record) + "\n" for record in records)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    jsonl.write_atomic(path, "".join(jsonl.dumps(record) + "\n" for record in records))
 
 
 def repair_metrics(path, finished, saved=None):

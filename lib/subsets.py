@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from lib import jsonl
 from lib.data import DatasetError
 
 
@@ -46,16 +47,7 @@ def write_subset(path, indices, labels, train_size, **about):
     record = {"format": SUBSET_FORMAT, **about, "train_size": int(train_size), "images": len(indices),
               "indices": [int(i) for i in indices], "labels": [int(y) for y in labels]}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"  # same folder, so the rename is atomic
-    try:
-        with open(tmp, "w") as f:
-            json.dump(record, f)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    jsonl.write_atomic(path, json.dumps(record) + "\n")
 
 
 def int_list(record, key, path):
