@@ -2,6 +2,8 @@
 
 CLDNet = backbone f -> (instance head f_I, group head f_G), both outputs L2-normalised.
 The paper: "instance and group branches share the same model except for the last fc layer".
+BYOL's online projector and predictor form one more instance-head kind (BYOLHead), and C2BIN's
+per-scale cluster heads one more group-head kind (ClusterHeads), whose output stays unnormalised.
 """
 from dataclasses import dataclass, fields
 
@@ -125,6 +127,9 @@ class NormLinear(nn.Module):
 
 
 HEADS = ("linear", "normlinear")
+INSTANCE_HEADS = HEADS + ("byol",)      # byol: BYOLHead, for the byol partner (lib/byol.py)
+GROUP_HEADS = HEADS + ("clusters",)     # clusters: ClusterHeads, for the C2BIN term (lib/c2bin.py)
+GROUP_INPUTS = ("backbone", "hidden")   # what f_G reads: the backbone feature or BYOL's projector hidden layer
 
 
 def build_head(kind, d_in, d_out):
@@ -135,6 +140,47 @@ def build_head(kind, d_in, d_out):
     raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
 
 
+def byol_mlp(d_in, hidden, d_out):
+    """BYOL's MLP (Grill et al. 2020, §3.3): Linear, BatchNorm, ReLU, Linear."""
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, d_out))
+
+
+class BYOLHead(nn.Module):
+    """BYOL's online projector g (d_in -> hidden -> dim) and predictor q (dim -> hidden -> dim).
+    The target network copies backbone and projection only (lib/byol.py)."""
+
+    def __init__(self, d_in, hidden=4096, dim=256):
+        super().__init__()
+        self.projection = byol_mlp(d_in, hidden, dim)
+        self.prediction = byol_mlp(dim, hidden, dim)
+
+    def forward(self, h):
+        """h [B, d_in] -> (prediction q(g(h)) [B, dim], the projector's hidden layer after ReLU [B, hidden])."""
+        hidden = self.projection[:3](h)
+        return self.prediction(self.projection[3](hidden)), hidden
+
+
+class ClusterHeads(nn.Module):
+    """C2BIN's cluster heads, one per scale K_s: an MLP whose softmax is the assignment over K_s clusters.
+    The MLP is Contrastive Clustering's cluster projector (Li et al. 2021: Linear, ReLU, Linear); the C2BIN
+    abstract does not describe its heads (our choice). Output: the scales' logits side by side [B, sum K_s]."""
+
+    def __init__(self, d_in, scales):
+        super().__init__()
+        self.scales = tuple(scales)
+        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(inplace=True), nn.Linear(d_in, k))
+                                   for k in self.scales)
+
+    def forward(self, h):
+        return torch.cat([head(h) for head in self.heads], dim=1)
+
+    @torch.no_grad()
+    def assign(self, h):
+        """The cluster of each image at inference: the argmax of the smallest-K head. h [B, d_in] -> [B]."""
+        return self.heads[self.scales.index(min(self.scales))](h).argmax(dim=1)
+
+
 class CLDNet(nn.Module):
     """backbone -> [shared hidden layer] -> (f_I, f_G), each [B, dim] and unit length.
 
@@ -142,27 +188,55 @@ class CLDNet(nn.Module):
     this is the authors' "NormMLP" for ImageNet MoCo v2+CLD.
     """
 
-    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False):
+    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False,
+                 byol_hidden=4096, byol_dim=256, cluster_scales=(), group_input="backbone"):
         super().__init__()
+        if group_input not in GROUP_INPUTS:
+            raise ValueError(f"unknown group input {group_input!r}; choose one of {', '.join(GROUP_INPUTS)}")
+        if group_input == "hidden" and instance_head != "byol":
+            raise ValueError("group input 'hidden' (the projector's hidden layer) needs the byol instance head")
         self.backbone = build_backbone(arch, in_channels)
         width = self.backbone.out_dim
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU()) if mlp else nn.Identity()
-        self.instance_head = build_head(instance_head, width, dim)
-        self.group_head = build_head(group_head, width, dim)
+        if instance_head == "byol":
+            self.instance_head = BYOLHead(width, byol_hidden, byol_dim)
+        else:
+            self.instance_head = build_head(instance_head, width, dim)
+        self.group_input = group_input
+        group_width = byol_hidden if group_input == "hidden" else width
+        if group_head == "clusters":
+            self.group_head = ClusterHeads(group_width, cluster_scales)
+        else:
+            self.group_head = build_head(group_head, group_width, dim)
+        # widths of parts(x): backbone feature, f_I, f_G
+        self.part_dims = (width, byol_dim if instance_head == "byol" else dim,
+                          sum(cluster_scales) if group_head == "clusters" else dim)
 
     def forward(self, *views):
         """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim].
         One call for all views keeps DistributedDataParallel to one forward per step, while every
         view still gets its own BatchNorm statistics, as in the authors' code."""
-        out = []
-        for x in views:
-            h = self.projector(self.backbone(x))                           # [B, out_dim]
-            out.append((F.normalize(self.instance_head(h), dim=1),        # f_I [B, dim]
-                        F.normalize(self.group_head(h), dim=1)))          # f_G [B, dim]
-        return out
+        return [self.parts(x)[1:] for x in views]
+
+    def parts(self, x):
+        """x [B, C, H, W] -> (backbone feature [B, out_dim], unit f_I, f_G): f_G is unit length too, except
+        the cluster heads' logits. With the byol head f_I is the prediction, and f_G may read its hidden layer."""
+        h = self.backbone(x)                                               # [B, out_dim]
+        p = self.projector(h)
+        if isinstance(self.instance_head, BYOLHead):
+            f_i, hidden = self.instance_head(p)
+        else:
+            f_i, hidden = self.instance_head(p), None
+        g = self.group_head(hidden if self.group_input == "hidden" else p)
+        if not isinstance(self.group_head, ClusterHeads):
+            g = F.normalize(g, dim=1)
+        return h, F.normalize(f_i, dim=1), g
 
     def embed(self, x):
-        """The evaluation feature: normalised f_I (the paper's kNN protocol, after NPID)."""
+        """The evaluation feature: normalised f_I (the paper's kNN protocol, after NPID); with the byol head
+        the normalised backbone feature, the representation BYOL evaluates (Grill et al. 2020, §3.1)."""
+        if isinstance(self.instance_head, BYOLHead):
+            return F.normalize(self.backbone(x), dim=1)
         return F.normalize(self.instance_head(self.projector(self.backbone(x))), dim=1)
 
 
@@ -177,15 +251,25 @@ class NetworkSpec:
     instance_head: str = "linear"
     group_head: str = "linear"
     mlp: bool = False
+    byol_hidden: int = 4096            # the byol head's hidden width
+    byol_dim: int = 256                # and its projection width
+    cluster_scales: tuple = ()         # K_s of the clusters group head
+    group_input: str = "backbone"
+
+    def __post_init__(self):
+        object.__setattr__(self, "cluster_scales", tuple(self.cluster_scales))  # a JSON list in a config
 
     @classmethod
     def from_config(cls, config, in_channels):
         """From a run's settings (train_cld.py's args as a dict, or a checkpoint's config)."""
         return cls(config["arch"], in_channels, config["image_size"], config["dim"], config["instance_head"],
-                   config["group_head"], bool(config.get("mlp", False)))
+                   config["group_head"], bool(config.get("mlp", False)), config.get("byol_hidden", 4096),
+                   config.get("byol_dim", 256), tuple(config.get("c2bin_scales") or ()),
+                   config.get("group_input", "backbone"))
 
     def build(self):
-        return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp)
+        return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp,
+                      self.byol_hidden, self.byol_dim, self.cluster_scales, self.group_input)
 
     def differences(self, other):
         """[(field, self's value, other's value)] where the two disagree."""
