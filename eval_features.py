@@ -32,7 +32,7 @@ from torch.utils.data import Subset
 
 from lib import analysis, checkpoint, cli, dist, jsonl
 from lib.cli import NON_NEGATIVE, POSITIVE, SEED
-from lib.augment import MultiView, test_transform, train_transform
+from lib.augment import MultiView, test_transform, view_transforms
 from lib.data import dataset_info, load_dataset
 from lib.subsets import subset_dataset
 from lib.knn import extract_features, knn_ranked, topk_accuracy
@@ -146,21 +146,18 @@ def load_run(path, name, args, device):
 # ---------------------------------------------------------------- features
 
 def all_features(model):
-    """images [B, C, H, W] -> [B, width + 2 dim]: normalised backbone feature, f_I and f_G side by side, from
-    one forward. The heads see the projector's output exactly as in CLDNet.forward, so f_I equals model.embed."""
+    """images [B, C, H, W] -> [B, width + dim_I + dim_G]: normalised backbone feature, f_I and f_G side by side,
+    from one forward (CLDNet.parts, as in training; f_I is model.embed except with the byol head, whose f_I is
+    the prediction and whose embed is the backbone feature). C2BIN's cluster logits are normalised here too."""
     def embed(x):
-        h = model.backbone(x)
-        p = model.projector(h)
-        return torch.cat([F.normalize(h.float(), dim=1), F.normalize(model.instance_head(p).float(), dim=1),
-                          F.normalize(model.group_head(p).float(), dim=1)], dim=1)
+        h, f_i, g = model.parts(x)
+        return torch.cat([F.normalize(h.float(), dim=1), f_i.float(), F.normalize(g.float(), dim=1)], dim=1)
     return embed
 
 
 def split_features(x, model):
-    """[N, width + 2 dim] -> {"backbone": [N, width], "f_I": [N, dim], "f_G": [N, dim]}."""
-    width = model.backbone.out_dim
-    dim = (x.shape[1] - width) // 2
-    return dict(zip(FEATURES, x.split([width, dim, dim], dim=1)))
+    """[N, width + dim_I + dim_G] -> {"backbone": [N, width], "f_I": [N, dim_I], "f_G": [N, dim_G]}."""
+    return dict(zip(FEATURES, x.split(list(model.part_dims), dim=1)))
 
 
 class StackedViews(torch.utils.data.Dataset):
@@ -192,7 +189,7 @@ def selection_set(run, args):
     """The run's training images (its subset, if any) seen through its own two-view training augmentation;
     --selection-images picks a fixed random share of them."""
     config, info = run["config"], run["info"]
-    views = MultiView(train_transform(info, config["aug"], config["erasing"], config["image_size"]), 2)
+    views = MultiView(view_transforms(info, config["aug"], config["erasing"], config["image_size"]), 2)
     images = load_dataset(config["dataset"], run["root"], "pretrain", views)
     if config.get("subset"):
         images = subset_dataset(images, config["subset"])

@@ -8,7 +8,7 @@ from Python's `random`, as the GaussianBlur class of MoCo's moco/loader.py (copi
 authors into models/loader.py and datasets/dataloader.py) does.
 """
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import ImageFilter
 from torchvision import transforms
@@ -17,8 +17,8 @@ from torchvision import transforms
 @dataclass(frozen=True)
 class Recipe:
     """One training augmentation. The ops run in this order: RandomResizedCrop, the colour pair
-    (ColorJitter then RandomGrayscale, or the reverse with grayscale_first), the blur, the flip,
-    then ToTensor and Normalize with the dataset's mean and std."""
+    (ColorJitter then RandomGrayscale, or the reverse with grayscale_first), the blur, the
+    solarisation, the flip, then ToTensor and Normalize with the dataset's mean and std."""
     source: str                            # the script and branch this recipe copies
     crop_scale: tuple = (0.2, 1.0)         # RandomResizedCrop: area of the crop / area of the image
     crop_ratio: tuple = (3 / 4, 4 / 3)     # and its aspect ratio range (torchvision's default)
@@ -31,6 +31,7 @@ class Recipe:
     # of PIL's ImageFilter.GaussianBlur (the Gaussian's standard deviation in pixels, whatever the
     # image size; PIL approximates it with three box blurs)
     flip_p: float = 0.5                    # RandomHorizontalFlip
+    solarize_p: float = 0.0                # RandomSolarize after the blur, pixels >= 128 inverted; 0: no op
 
 
 @dataclass(frozen=True)
@@ -56,9 +57,18 @@ RECIPES = {
                        source="CLD authors' datasets/dataloader.py and main_imagenet_moco_cld.py with "
                               "aug_plus: MoCo v2's (MoCo's main_moco.py --aug-plus)"),
 }
+# BYOL's asymmetric pair (Grill et al. 2020, Appendix B, Table 6): one recipe per view, the same except
+# for the blur (always / 10%) and the solarisation (never / 20%). Their blur draws sigma from [0.1, 2.0]
+# like MoCo v2's. BYOL flips right after the crop; here the flip follows the solarisation, which draws
+# views from the same distribution.
+BYOL_VIEW = Recipe(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, grayscale_p=0.2,
+                   source="BYOL (Grill et al. 2020), Appendix B, Table 6")
+VIEW_RECIPES = {
+    "byol": (replace(BYOL_VIEW, blur_p=1.0, solarize_p=0.0), replace(BYOL_VIEW, blur_p=0.1, solarize_p=0.2)),
+}
 # --erasing: datasets/dataloader.py appends transforms.RandomErasing(p=1.0) to either recipe.
 ERASING = Erasing()
-AUG_NAMES = ("default", "aug-plus")
+AUG_NAMES = ("default", "aug-plus", "byol")
 
 
 def recipe_for(name, size):
@@ -73,9 +83,19 @@ def recipe_for(name, size):
     """
     if name not in AUG_NAMES:
         raise ValueError(f"unknown augmentation recipe {name!r}; choose {' or '.join(AUG_NAMES)}")
+    if name in VIEW_RECIPES:
+        raise ValueError(f"{name!r} is a recipe per view; use view_recipes")
     if name == "default" and size > 96:
         return RECIPES["default-imagenet"]
     return RECIPES[name]
+
+
+def view_recipes(name, size):
+    """The Recipes of the views, in view order: a pair for an asymmetric recipe (byol), else the one
+    Recipe of recipe_for for every view."""
+    if name in VIEW_RECIPES:
+        return VIEW_RECIPES[name]
+    return (recipe_for(name, size),)
 
 
 class RadiusBlur:
@@ -112,6 +132,8 @@ def train_transform(info, recipe="default", erasing=False, image_size=None):
     steps = [transforms.RandomResizedCrop(size, scale=r.crop_scale, ratio=r.crop_ratio), *colour_ops(r)]
     if r.blur_p > 0:
         steps.append(transforms.RandomApply([RadiusBlur(r.blur_sigma)], p=r.blur_p))
+    if r.solarize_p > 0:
+        steps.append(transforms.RandomSolarize(128, p=r.solarize_p))
     steps += [transforms.RandomHorizontalFlip(p=r.flip_p), transforms.ToTensor(),
               transforms.Normalize(info.mean, info.std)]
     if erasing:
@@ -138,15 +160,24 @@ def test_transform(info, image_size=None):
     return transforms.Compose(resize + to_tensor)
 
 
+def view_transforms(info, name, erasing=False, image_size=None):
+    """One train_transform per recipe of view_recipes(name): what MultiView takes."""
+    size = image_size or info.image_size
+    return [train_transform(info, r, erasing, size) for r in view_recipes(name, size)]
+
+
 class MultiView:
     """Applies one random transform n times to the same image, in turn: n independent views, drawn
-    in the order of the authors' TwoCropsTransform / ThreeCropsTransform (models/loader.py)."""
+    in the order of the authors' TwoCropsTransform / ThreeCropsTransform (models/loader.py). Given a
+    list of transforms, view i takes transform i (cycling): BYOL's asymmetric pair."""
 
     def __init__(self, transform, n):
         self.transform = transform
         self.n = n
 
     def __call__(self, img):
+        if isinstance(self.transform, (list, tuple)):
+            return [self.transform[i % len(self.transform)](img) for i in range(self.n)]
         return [self.transform(img) for _ in range(self.n)]  # n tensors [C,H,W]
 
     def __repr__(self):
