@@ -1,4 +1,5 @@
-"""Self-supervised training: an instance-level partner (NPID's memory bank, MoCo's queue) plus CLD.
+"""Self-supervised training: an instance-level partner (NPID's memory bank, MoCo's queue, BYOL's target
+network) plus CLD, or C2BIN's multi-scale cluster contrast beside BYOL.
 
     python train_cld.py --dataset digits --out runs/digits              # one process, CPU or GPU
     torchrun --nproc_per_node=8 train_cld.py --dataset cifar10 --data ROOT --out runs/c10
@@ -27,15 +28,17 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
-from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
+from lib.augment import AUG_NAMES, MultiView, test_transform, view_transforms
 from lib.checkpoint import CheckpointError
-from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
+from lib.c2bin import ClusterContrast, default_scales
+from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED, Range
 from lib.cluster import grouping
 from lib.data import (DATASET_NAMES, DatasetError, dataset_info, describe_unreadable, image_files, load_dataset,
                       unreadable_images)
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
-from lib.models import ARCHS, HEADS, NetworkSpec
+from lib.lars import LARS, param_groups
+from lib.models import ARCHS, GROUP_INPUTS, HEADS, INSTANCE_HEADS, NetworkSpec
 from lib.partners import PARTNERS
 from lib.sampler import EpochSampler
 from lib.subsets import subset_dataset
@@ -64,15 +67,32 @@ def parse_args(argv=None):
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--wd", type=float, help="weight decay (the supplementary says 1e-4 throughout; the CIFAR scripts use more); " + FROM_RECIPE)
     p.add_argument("--warmup-epochs", type=int, help="linear warmup from lr/100, then per-iteration cosine; " + FROM_RECIPE)
+    p.add_argument("--optimizer", choices=["sgd", "lars"],
+                   help="lars: BYOL's LARS, biases and BatchNorm excluded from adaptation and weight decay; " + FROM_RECIPE)
+    p.add_argument("--lars-eta", type=float, help="LARS trust coefficient (BYOL: 0.001); " + FROM_RECIPE)
+    p.add_argument("--lars-clip", action=argparse.BooleanOptionalAction,
+                   help="cap each LARS step at the plain lr step (solo-learn's clip_lars_lr); " + FROM_RECIPE)
     p.add_argument("--min-lr", type=float, default=1e-6, help="where the cosine ends")
     p.add_argument("--aug", choices=AUG_NAMES, help="the authors' recipes, lib/augment.py; " + FROM_RECIPE)
     p.add_argument("--erasing", action=argparse.BooleanOptionalAction, help="RandomErasing on every view; " + FROM_RECIPE)
     # instance branch: the partner CLD joins
     p.add_argument("--partner", choices=tuple(PARTNERS), default="npid", help="the instance-level partner (lib/partners.py)")
     p.add_argument("--moco", action="store_true", help="the same as --partner moco: MoCo's key encoder and queue (CLDm)")
+    p.add_argument("--byol", action="store_true",
+                   help="the same as --partner byol: BYOL's target network (BYOL+CLD; --lam 0: plain BYOL); 32 px "
+                        "defaults from solo-learn's CIFAR BYOL recipe, ImageNet's from BYOL / OpenSelfSup")
+    p.add_argument("--c2bin", action="store_true",
+                   help="C2BIN as we read its abstract: BYOL plus per-scale cluster heads whose batch assignments are "
+                        "contrasted column by column (README); implies --partner byol")
+    p.add_argument("--byol-tau", type=float, help="BYOL's base target decay, rising to 1 by a cosine; " + FROM_RECIPE)
+    p.add_argument("--byol-hidden", type=int, default=4096, help="hidden width of BYOL's projector and predictor")
+    p.add_argument("--byol-dim", type=int, default=256, help="BYOL's projection width")
+    p.add_argument("--c2bin-scales", type=int, nargs="+",
+                   help="K_s of C2BIN's cluster heads; default C, 2C, 4C for C classes (CIFAR-100: its 20 superclasses)")
+    p.add_argument("--c2bin-t", type=float, default=1.0, help="temperature of C2BIN's column contrast")
     p.add_argument("--dim", type=int, default=128, help="width of both heads")
     p.add_argument("--ins-t", type=float, help="T_I, the instance temperature, also the kNN sigma; " + FROM_RECIPE)
-    p.add_argument("--instance-head", choices=HEADS, help=FROM_RECIPE)
+    p.add_argument("--instance-head", choices=INSTANCE_HEADS, help="byol: BYOL's projector and predictor; " + FROM_RECIPE)
     p.add_argument("--mlp", action=argparse.BooleanOptionalAction, help="MoCo v2's hidden layer shared by both heads; " + FROM_RECIPE)
     p.add_argument("--bank-momentum", type=float, default=0.5, help="m of the memory-bank update (NPID)")
     p.add_argument("--queue", type=int, help="MoCo queue length; " + FROM_RECIPE)
@@ -83,6 +103,9 @@ def parse_args(argv=None):
     p.add_argument("--clusters", type=int, help="K groups per view per batch; " + FROM_RECIPE)
     p.add_argument("--cld-t", type=float, help="T_G, the cross-level temperature; " + FROM_RECIPE)
     p.add_argument("--group-head", choices=HEADS, help=FROM_RECIPE)
+    p.add_argument("--group-input", choices=GROUP_INPUTS, default="backbone",
+                   help="what f_G (or C2BIN's cluster heads) reads with the byol head: the backbone feature, or the "
+                        "projector's hidden layer (the authors do not say; README)")
     p.add_argument("--gather-groups", action="store_true",
                    help="cluster the batch gathered from all processes instead of each process's share (authors: per process)")
     p.add_argument("--kmeans-iters", type=int, default=5, help="EM iterations per step (authors: 5)")
@@ -117,13 +140,24 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.moco:
         args.partner = "moco"
+    if args.byol or args.c2bin:
+        args.partner = "byol"
     args.moco = args.partner == "moco"  # kept in the config: checkpoints of earlier versions name the partner so
+    args.byol = args.partner == "byol"
     info = dataset_info(args.dataset)
     args.arch = args.arch or info.default_arch
     args.image_size = info.image_size if args.image_size is None else args.image_size  # 0 is refused below, not replaced
     settings, args.sources = recipes.resolve(vars(args), args.partner, args.dataset)
     args.recipe = "/".join(recipes.row_name(args.partner, args.dataset))
     vars(args).update(settings)
+    if args.c2bin:
+        args.group_head, args.sources["group_head"] = "clusters", "--c2bin"
+        args.c2bin_scales = args.c2bin_scales or list(default_scales(args.dataset))
+    if (args.partner == "byol") != (args.instance_head == "byol"):
+        p.error(f"--instance-head byol goes with the byol partner (--byol), got --instance-head {args.instance_head} "
+                f"with --partner {args.partner}")
+    if args.group_input == "hidden" and args.instance_head != "byol":
+        p.error("--group-input hidden reads BYOL's projector hidden layer: it needs --byol")
     if args.sources["warmup_epochs"] == "flag" and args.warmup_epochs > args.epochs:  # a recipe's 5 fits any run
         p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
     check_args(p, args)
@@ -137,12 +171,15 @@ RANGES = {
     "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
     "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
     "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
+    "lars_eta": POSITIVE, "byol_hidden": POSITIVE, "byol_dim": POSITIVE, "c2bin_scales": Range(2, text="2 or more"),
+    "c2bin_t": POSITIVE,
 }
 
 
 def check_args(p, args):
     """Everything that can be checked before any work starts: ranges, then the paths."""
-    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if args.partner == "moco" else {})})
+    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if args.partner == "moco" else {}),
+                               **({"byol_tau": BELOW_ONE} if args.partner == "byol" else {})})
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
     cli.input_file(p, "--resume", args.resume, "a checkpoint, RUN/last.pth or RUN/epoch_N.pth")
@@ -249,7 +286,7 @@ def check_run(args, world):
     if args.batch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} processes")
     per_process = args.batch_size // world
-    if args.lam > 0 and args.clusters >= per_process:
+    if args.lam > 0 and not args.c2bin and args.clusters >= per_process:
         zeros = (args.cluster_method == "kmeans" and args.kmeans == "euclidean" and args.kmeans_init == "first"
                  and args.clusters > per_process)
         print(f"warning: --clusters {args.clusters} >= {per_process} images per process: every image becomes its own "
@@ -266,7 +303,7 @@ def check_run(args, world):
 def make_data(args, views, rank, world, device):
     """(loader of `views` augmented views per image, its sampler, kNN bank set, kNN test set)."""
     info = dataset_info(args.dataset)
-    augment = MultiView(train_transform(info, args.aug, args.erasing, args.image_size), views)
+    augment = MultiView(view_transforms(info, args.aug, args.erasing, args.image_size), views)
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
@@ -299,6 +336,8 @@ def check_images(args, paths, rank, world):
 
 
 def make_cross_level(args):
+    if args.c2bin:
+        return ClusterContrast(args.c2bin_scales, args.c2bin_t, args.lam)
     group = grouping(args.clusters, args.cluster_method, args.kmeans_iters, spherical=args.kmeans == "spherical",
                      init=args.kmeans_init, affinity=args.spectral_affinity)
     return CrossLevel(group, args.cld_t, args.lam, gather=args.gather_groups, seed=args.seed)
@@ -311,8 +350,12 @@ def make_network(args, spec, partner_class, dataset_size, world, device):
     partner = partner_class.build(raw_model, vars(args), dataset_size).to(device)
     if args.sync_bn and world > 1:  # after the key encoder's copy: it keeps plain BN and Shuffle-BN
         raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
-    optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr * args.batch_size / 128, momentum=args.momentum,
-                                weight_decay=args.wd)
+    if args.optimizer == "lars":
+        optimizer = LARS(param_groups(raw_model, args.wd), lr=args.lr * args.batch_size / 128, momentum=args.momentum,
+                         weight_decay=args.wd, eta=args.lars_eta, clip=args.lars_clip)
+    else:
+        optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr * args.batch_size / 128,
+                                    momentum=args.momentum, weight_decay=args.wd)
     precision = resolved_config(args, world)["precision"]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())

@@ -9,7 +9,11 @@ from dataclasses import dataclass
 
 # The settings a row may fix. Anything else keeps the flag's own default.
 SETTINGS = ("epochs", "batch_size", "lr", "wd", "warmup_epochs", "clusters", "lam", "ins_t", "cld_t",
-            "instance_head", "group_head", "mlp", "aug", "erasing", "queue", "knn_every")
+            "instance_head", "group_head", "mlp", "aug", "erasing", "queue", "knn_every", "optimizer", "lars_eta",
+            "lars_clip", "byol_tau")
+# What the NPID and MoCo rows fix of the BYOL settings: SGD (the authors'); LARS's trust coefficient is
+# BYOL's, should --optimizer lars be asked for; byol_tau is unused (0), like an NPID row's queue.
+SGD = dict(optimizer="sgd", lars_eta=0.001, lars_clip=False, byol_tau=0.0)
 
 
 @dataclass(frozen=True)
@@ -20,19 +24,34 @@ class Row:
 
 NPID_CIFAR10 = dict(epochs=200, batch_size=256, lr=0.03, wd=7e-4, warmup_epochs=5, clusters=128, lam=1.0, ins_t=0.1,
                     cld_t=0.2, instance_head="linear", group_head="linear", mlp=False, aug="default", erasing=False,
-                    queue=0, knn_every=1)
+                    queue=0, knn_every=1, **SGD)
 MOCO_CIFAR10 = dict(epochs=200, batch_size=256, lr=0.03, wd=8e-4, warmup_epochs=5, clusters=200, lam=0.8, ins_t=0.07,
                     cld_t=0.2, instance_head="normlinear", group_head="normlinear", mlp=False, aug="aug-plus",
-                    erasing=True, queue=12288, knn_every=1)
+                    erasing=True, queue=12288, knn_every=1, **SGD)
 # MoCo v2+CLD on ImageNet: lr 0.2 at batch 512 is 0.05 per 128 images; cosine without warm-up. The kNN
 # monitor runs only after the last epoch: re-embedding 1.28M images every epoch costs a third of one.
 MOCO_IMAGENET = dict(epochs=200, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=0, clusters=120, lam=0.25, ins_t=0.2,
                      cld_t=0.4, instance_head="normlinear", group_head="normlinear", mlp=True, aug="aug-plus",
-                     erasing=False, queue=65536, knn_every=0)
+                     erasing=False, queue=65536, knn_every=0, **SGD)
 # NPID+CLD on ImageNet: the supplementary (§2.1) gives batch 256 and lr 0.03 (0.015 per 128), batch 512
 # and lr 0.8 (0.2 per 128) on ImageNet-100, and weight decay 1e-4. It gives neither K nor lambda: we take
 # the ImageNet MoCo v2+CLD K 120 and the lambda 0.25 of the paper's ImageNet-100 sweep (Table 8).
 NPID_IMAGENET = dict(NPID_CIFAR10, batch_size=256, lr=0.015, wd=1e-4, clusters=120, lam=0.25, knn_every=0)
+
+# BYOL on 32 px data: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml): LARS with trust
+# coefficient 0.02 and clipping, lr 1.0 at batch 256 (0.5 per 128 images), wd 1e-5, 1000 epochs, tau 0.99
+# -> 1, projector and predictor 4096 -> 256; its warm-up is 10 epochs (solo-learn's warmup_cosine default).
+# The CLD settings (K 128, T_G 0.2, lambda 1, NormLinear f_G) are the NPID+CLD CIFAR values and the
+# project's NormLinear convention: no source gives BYOL+CLD's (our choice). ins_t is only the kNN sigma.
+BYOL_CIFAR10 = dict(epochs=1000, batch_size=256, lr=0.5, wd=1e-5, warmup_epochs=10, clusters=128, lam=1.0, ins_t=0.1,
+                    cld_t=0.2, instance_head="byol", group_head="normlinear", mlp=False, aug="byol", erasing=False,
+                    queue=0, knn_every=1, optimizer="lars", lars_eta=0.02, lars_clip=True, byol_tau=0.99)
+# BYOL on ImageNet (Grill et al. 2020 §3.3, which OpenSelfSup's BYOL follows): LARS with trust coefficient
+# 0.001, lr 0.2 x batch/256 (0.1 per 128), wd 1.5e-6, batch 4096 over all processes, 10 warm-up epochs,
+# tau 0.996; 300 epochs, the length of BYOL's ablations (§5). K 120, lambda 0.25 and T_G 0.4 are the
+# MoCo v2+CLD ImageNet values (our choice).
+BYOL_IMAGENET = dict(BYOL_CIFAR10, epochs=300, batch_size=4096, lr=0.1, wd=1.5e-6, clusters=120, lam=0.25,
+                     cld_t=0.4, knn_every=0, lars_eta=0.001, lars_clip=False, byol_tau=0.996)
 
 ROWS = {
     ("npid", "cifar10"): Row("authors' scripts/cifar/train_cifar10_npid_cld.sh", NPID_CIFAR10),
@@ -51,6 +70,13 @@ ROWS = {
     ("moco", "imagenet"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh", MOCO_IMAGENET),
     ("moco", "imagenet100"): Row("authors' scripts/imagenet/train_imagenet_mocov2_cld.sh (ImageNet's values)",
                                  MOCO_IMAGENET),
+    ("byol", "cifar10"): Row("solo-learn's scripts/pretrain/cifar/byol.yaml; CLD settings ours", BYOL_CIFAR10),
+    ("byol", "cifar100"): Row("solo-learn's scripts/pretrain/cifar/byol.yaml (CIFAR-100 too); CLD settings ours",
+                              BYOL_CIFAR10),
+    ("byol", "stl10"): Row("solo-learn's CIFAR BYOL recipe at 96 px (our choice); CLD settings ours", BYOL_CIFAR10),
+    ("byol", "imagenet"): Row("BYOL §3.3 (LARS, lr 0.2 x batch/256, wd 1.5e-6, batch 4096, tau 0.996), as "
+                              "OpenSelfSup's BYOL; 300 epochs as BYOL §5; CLD settings ours", BYOL_IMAGENET),
+    ("byol", "imagenet100"): Row("BYOL's ImageNet settings (our choice); CLD settings ours", BYOL_IMAGENET),
 }
 
 

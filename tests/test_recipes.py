@@ -37,6 +37,14 @@ EXPECTED = {
     ("npid", "imagenet100"): dict(batch_size=512, lr=0.2, wd=1e-4, clusters=120, lam=0.25, knn_every=0),
     ("moco", "imagenet100"): dict(batch_size=512, lr=0.05, wd=1e-4, clusters=120, lam=0.25, ins_t=0.2, cld_t=0.4,
                                   mlp=True, queue=65536),
+    # solo-learn's scripts/pretrain/cifar/byol.yaml: lars, lr 1.0 at batch 256, wd 1e-5, eta 0.02, clip_lr,
+    # 1000 epochs, base_tau 0.99; asymmetric views.
+    ("byol", "cifar10"): dict(batch_size=256, lr=0.5, wd=1e-5, epochs=1000, optimizer="lars", lars_eta=0.02,
+                              lars_clip=True, byol_tau=0.99, aug="byol", instance_head="byol",
+                              group_head="normlinear"),
+    # BYOL §3.3: LARS (eta 0.001), lr 0.2 x batch/256, wd 1.5e-6, batch 4096, tau 0.996.
+    ("byol", "imagenet"): dict(batch_size=4096, lr=0.1, wd=1.5e-6, optimizer="lars", lars_eta=0.001,
+                               lars_clip=False, byol_tau=0.996, aug="byol", warmup_epochs=10),
 }
 
 
@@ -67,6 +75,13 @@ def test_a_set_flag_wins_and_is_recorded_as_such():
 
 def test_moco_flag_is_the_moco_partner():
     assert resolved("--moco").partner == "moco" and resolved("--partner", "moco").moco
+
+
+def test_byol_and_c2bin_flags_are_the_byol_partner():
+    assert resolved("--byol").partner == "byol" and resolved("--partner", "byol").byol
+    args = resolved("--c2bin", "--dataset", "cifar100", "--data", ROOT)
+    assert args.partner == "byol" and args.group_head == "clusters" and args.c2bin_scales == [20, 40, 80]
+    assert resolved("--c2bin", "--c2bin-scales", "5", "7").c2bin_scales == [5, 7]
 
 
 def test_every_row_fixes_every_setting():
