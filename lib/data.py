@@ -353,8 +353,10 @@ def unpickle(path, key):
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
-def load_cifar_arrays(name, root, split):
-    folder, train_files, test_file, key = CIFAR_LAYOUT[name]
+def load_cifar_arrays(name, root, split, key=None):
+    """(images [N,32,32,3], labels [N]); key: another label entry, e.g. CIFAR-100's "coarse_labels"."""
+    folder, train_files, test_file, default_key = CIFAR_LAYOUT[name]
+    key = key or default_key
     # Accept both the parent folder and the extracted folder itself.
     if os.path.basename(os.path.normpath(root)) != folder:
         root = os.path.join(root, folder)
@@ -493,6 +495,12 @@ def load_folder(name, root, split):
             except DatasetError as e:  # classes of the list missing from the tree
                 raise DatasetError(f"{name}: {e}; {HINTS[name]}") from None
     raise missing(name, " or ".join(s + "/" for s in subdirs), root)
+
+
+def cifar100_superclasses(root, split):
+    """The 20 superclass labels [N] of CIFAR-100's train or test split, in image order (the pickle's
+    coarse_labels): what clustering on CIFAR-100 is conventionally scored against."""
+    return load_cifar_arrays("cifar100", root, split, "coarse_labels")[1]
 
 
 def load_dataset(name, root, split, transform=None):

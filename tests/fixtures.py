@@ -63,12 +63,14 @@ def dump_python2(obj, path):
         Python2Pickler(f, protocol=2).dump(obj)
 
 
-def write_cifar_batch(path, labels, label_key, rng, str_keys=False):
+def write_cifar_batch(path, labels, label_key, rng, str_keys=False, extra=None):
+    """extra: more label entries, key -> labels (CIFAR-100's coarse_labels)."""
     images = cifar_images(labels, rng)
     batch = {
         b"batch_label": b"fixture",
         b"data": images.transpose(0, 3, 1, 2).reshape(len(labels), 3072),  # R plane, G, B
         label_key: [int(y) for y in labels],
+        **{key: [int(y) for y in values] for key, values in (extra or {}).items()},
         b"filenames": [b"img_%d.png" % i for i in range(len(labels))],
     }
     if str_keys:  # a file re-pickled by Python 3 at protocol 2
@@ -93,14 +95,21 @@ def write_cifar10(root, n_train_per_batch=10, n_test=10, seed=0, str_keys=False)
     return str(root)
 
 
+def cifar100_coarse(fine):
+    """The fixture's superclass of each fine label: fine % 20 (the real files pair them otherwise; any fixed
+    many-to-one map serves the tests)."""
+    return np.asarray(fine) % 20
+
+
 def write_cifar100(root, n_train=200, n_test=100, seed=0, str_keys=False):
+    """Like the real files, each holds fine_labels and coarse_labels (the 20 superclasses)."""
     rng = np.random.RandomState(seed)
     folder = os.path.join(root, "cifar-100-python")
     os.makedirs(folder, exist_ok=True)
-    write_cifar_batch(os.path.join(folder, "train"),
-                      balanced_labels(n_train, 100, rng), b"fine_labels", rng, str_keys)
-    write_cifar_batch(os.path.join(folder, "test"),
-                      balanced_labels(n_test, 100, rng), b"fine_labels", rng, str_keys)
+    for split, n in (("train", n_train), ("test", n_test)):
+        fine = balanced_labels(n, 100, rng)
+        write_cifar_batch(os.path.join(folder, split), fine, b"fine_labels", rng, str_keys,
+                          extra={b"coarse_labels": cifar100_coarse(fine)})
     with open(os.path.join(folder, "meta"), "wb") as f:
         pickle.dump({b"fine_label_names": [b"class_%d" % i for i in range(100)]}, f, protocol=2)
     return str(root)
