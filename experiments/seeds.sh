@@ -4,13 +4,15 @@
 #
 # Usage: bash experiments/seeds.sh [block ...]
 #   blocks: quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco   (default: all, in that order)
+#           byol-fmnist byol-fmnist-lt byol-fmnist-hc   (BYOL, BYOL+CLD, C2BIN beside NPID+CLD, MoCo+CLD; only
+#           when named; summarised by experiments/summarise_byol.py into experiments/results_byol.md)
 # Environment: PY (python), RUNS (run folders, default runs/), SEEDS (default "0 1 2"),
 #   JOBS (trainings at once, default 2; the two-process gather block always runs one at a time),
 #   FMNIST (Fashion-MNIST folder), OMP_NUM_THREADS (default 1).
 #
 # Every run writes RUNS/NAME/ (config.json, metrics.jsonl, last.pth), RUNS/NAME.cmd (its command line),
 # RUNS/NAME.wall (wall seconds), RUNS/NAME.log, and, where a block evaluates with eval_knn.py,
-# RUNS/NAME.knn.json. A finished run (RUNS/NAME.done) is not trained again.
+# RUNS/NAME.knn.json (with eval_clusters.py, RUNS/NAME.clusters.json). A finished run (RUNS/NAME.done) is not trained again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -136,6 +138,53 @@ block_gather() {
   done
 }
 
-for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco}; do "block_${block//-/_}"; done
+# clusters NAME: eval_clusters.py on a finished run (k-means of the test set; C2BIN: also its own head).
+clusters() {
+  [ -f "$RUNS/$1.done" ] || return 0
+  [ -s "$RUNS/$1.clusters.json" ] || $PY eval_clusters.py --ckpt "$RUNS/$1/last.pth" --workers 0 | tail -n 1 > "$RUNS/$1.clusters.json"
+  echo "$1 $(cat "$RUNS/$1.clusters.json")"
+}
+
+# (g) One budget per dataset for five arms, every seed: BYOL (--lam 0), BYOL+CLD, C2BIN, NPID+CLD, MoCo+CLD.
+# BYOL's projector and predictor 512 wide instead of 4096 (CPU); the byol row otherwise (LARS, tau 0.99,
+# asymmetric views; BYOL+CLD: K 128, lambda 1; C2BIN: K 10, 20, 40). NPID+CLD takes the settings of blocks
+# (b)-(d), MoCo+CLD those of block (e'), at this budget.
+byol_arms() {
+  local name=$1; shift
+  for s in $SEEDS; do
+    train "${name}_byol_s$s" "$@" --seed "$s" --byol --byol-hidden 512 --lam 0
+    train "${name}_byolcld_s$s" "$@" --seed "$s" --byol --byol-hidden 512
+    train "${name}_c2bin_s$s" "$@" --seed "$s" --c2bin --byol-hidden 512
+    train "${name}_npidcld_s$s" "$@" --seed "$s"
+    train "${name}_mococld_s$s" "$@" --seed "$s" --moco --clusters 10 --queue 4096 --moco-momentum 0.99
+  done
+  wait
+  for s in $SEEDS; do
+    for arm in byol byolcld c2bin npidcld mococld; do clusters "${name}_${arm}_s$s"; done
+  done
+}
+
+# About 30,000-40,000 training images per run (60-90 s on a quiet 2-core machine, two at a time): 3 epochs
+# of the balanced 10k subset, 2 of Fashion-MNIST-LT (14,886), 2 of fashion-mnist-hc (20,000).
+block_byol_fmnist() {
+  fmnist_subset
+  byol_arms fmbyol "${FM[@]}" --epochs 3 --knn-every 0 --subset "$RUNS/fmnist_10k.json"
+}
+
+block_byol_fmnist_lt() {
+  [ -f "$RUNS/fmnist_lt100.json" ] || $PY make_longtail.py --dataset fashion-mnist --data "$FMNIST" --ratio 100 --out "$RUNS/fmnist_lt100.json"
+  byol_arms ltbyol "${FM[@]}" --epochs 2 --knn-every 0 --subset "$RUNS/fmnist_lt100.json"
+}
+
+block_byol_fmnist_hc() {
+  byol_arms hcbyol --dataset fashion-mnist-hc "${SMALL8[@]}" --epochs 2 --knn-every 0
+}
+
+pairs=0 byol=0
+for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco}; do
+  "block_${block//-/_}"
+  case $block in byol-*) byol=1 ;; *) pairs=1 ;; esac
+done
 wait
-$PY experiments/summarise.py --runs "$RUNS"
+[ "$pairs" = 0 ] || $PY experiments/summarise.py --runs "$RUNS"
+[ "$byol" = 0 ] || $PY experiments/summarise_byol.py --runs "$RUNS"
