@@ -4,7 +4,7 @@
     torchrun --nproc_per_node=8 eval_knn.py --ckpt runs/imagenet/last.pth
 
 Train and test features are recomputed with the test transform from the online network's
-L2-normalised f_I; each of the k nearest train images (cosine) votes for its class with weight
+L2-normalised f_I (a BYOL run's: its backbone feature); each of the k nearest train images (cosine) votes for its class with weight
 exp(cos / sigma). A run trained on a subset (train_cld.py --subset, e.g. a long-tailed one) uses
 that subset as the bank and also reports many / medium / few-shot accuracy. Prints one JSON line.
 """
@@ -74,7 +74,8 @@ def main(args):
         result.update({name: None if value is None else round(value, 2) for name, value in shots.items()})
         result.update({"many_above": args.many, "few_below": args.few, "subset": subset})
     result.update({"k": args.k, "sigma": sigma,
-                   "features": "f_I (instance head), L2-normalised, recomputed with the test transform",
+                   "features": ("backbone feature (a BYOL run's evaluation feature)" if config.get("instance_head") == "byol"
+                                else "f_I (instance head)") + ", L2-normalised, recomputed with the test transform",
                    "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),
                    "epoch": ckpt.get("epoch"), "checkpoint": args.ckpt})
     if rank == 0:
