@@ -70,11 +70,15 @@ class BYOLTarget(nn.Module):
         return 1 - (1 - self.base_tau) * (torch.cos(math.pi * k / max(1, self.total_steps)) + 1) / 2
 
     @torch.no_grad()
-    def update(self, model, pending):
-        """After the optimizer step: xi <- tau xi + (1 - tau) theta, with tau of this update's position."""
+    def update(self, model, pending, applied=None):
+        """After the optimizer step: xi <- tau xi + (1 - tau) theta, with tau of this update's position.
+        applied: None, or a bool tensor [] that is False when the step was skipped; then tau is 1 and the
+        position stays, decided on the device without the host reading the flag."""
         tau = self.tau()
+        if applied is not None:
+            tau = torch.where(applied, tau, torch.ones_like(tau))
         online = [p for m in online_parts(model) for p in m.parameters()]
         target = [p for m in (self.backbone, self.projector, self.projection) for p in m.parameters()]
         for t, o in zip(target, online):
             t.mul_(tau.to(t.dtype)).add_(o.detach() * (1 - tau).to(t.dtype))
-        self.updates += 1
+        self.updates += 1 if applied is None else applied.long()

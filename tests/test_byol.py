@@ -67,6 +67,11 @@ def test_target_is_an_ema_of_backbone_and_projection():
     target.update(online, None)                                   # tau 1 - 0.1 (cos(pi/2) + 1)/2 = 0.95
     assert torch.allclose(target.projection.bias, 0.95 * after_one + 0.05 * online.instance_head.projection.bias)
     assert target.updates.item() == 2 and not any(p.requires_grad for p in target.parameters())
+    kept = copy.deepcopy(target.state_dict())
+    target.update(online, None, applied=torch.tensor(False))      # a skipped step changes nothing
+    assert states_equal(target.state_dict(), kept)
+    target.update(online, None, applied=torch.tensor(True))
+    assert target.updates.item() == 3
 
 
 def test_step_gives_the_target_no_gradient_and_moves_it_after_the_optimizer():
