@@ -115,22 +115,18 @@ def grey(x):
     return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b)[:, None]
 
 
-def blend(x, y, factor):
+BRIGHTNESS, CONTRAST, SATURATION, HUE = range(4)  # ColorJitter's op indices (its fn_idx)
+
+
+def blend(x, op, factor):
+    """Brightness, contrast or saturation, each image its own: x blended by factor with its black,
+    its mean grey or its grey image (torchvision's adjust_brightness / _contrast / _saturation).
+    x [B,C,H,W], op [B] in 0..2, factor [B] -> [B,C,H,W]."""
+    g = grey(x) if x.shape[1] == 3 else x  # [B,1,H,W]
+    op = op.view(-1, 1, 1, 1)
+    other = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, g.mean((1, 2, 3), keepdim=True), g))
     f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * y).clamp(0, 1)
-
-
-def brightness(x, factor):
-    return blend(x, torch.zeros_like(x), factor)
-
-
-def contrast(x, factor):
-    mean = (grey(x) if x.shape[1] == 3 else x).mean(dim=(1, 2, 3), keepdim=True)  # [B,1,1,1]
-    return blend(x, mean, factor)
-
-
-def saturation(x, factor):
-    return blend(x, grey(x), factor) if x.shape[1] == 3 else x
+    return (f * x + (1 - f) * other).clamp(0, 1)
 
 
 def hue(x, shift):
@@ -159,21 +155,32 @@ def hsv_to_rgb(h, s, v):
     return v[:, None] - (v * s)[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
-JITTER_OPS = (brightness, contrast, saturation, hue)  # torchvision's ColorJitter indices 0..3
-
-
 def jitter(x, order, factors, on, enabled):
-    """ColorJitter per image: order [B,4] a permutation of the ops, factors [B,4], on [B] bool,
-    enabled: which ops the recipe jitters at all (a 0 in Recipe.jitter turns one off).
+    """ColorJitter per image: order [B,4] a permutation of the op indices, factors [B,4] (indexed
+    by op), on [B] bool, enabled: which ops the recipe jitters at all (a 0 in Recipe.jitter turns
+    one off, as ColorJitter's None does).
 
-    The loop is over the 4 places of the order, not over images: at each place every image gets
-    the op its own permutation puts there."""
-    for place in range(4):
-        for index, op in enumerate(JITTER_OPS):
-            if enabled[index]:
-                pick = (on & (order[:, place] == index)).view(-1, 1, 1, 1)
-                x = torch.where(pick, op(x, factors[:, index]), x)
+    The loops are over the places of the order, not over images: at each place every image gets
+    the op its own permutation puts there. Hue, the costly op, runs once for the whole batch: first
+    every image's blends before its hue, then its hue, then its blends after it."""
+    hue_at = (order == HUE).int().argmax(1)  # [B] the place of hue in each order
+    for place in range(3):
+        x = blend_at(x, order[:, place], factors, on & (place < hue_at), enabled)
+    if enabled[HUE]:
+        x = torch.where(on.view(-1, 1, 1, 1), hue(x, factors[:, HUE]), x)
+    for place in range(1, 4):
+        x = blend_at(x, order[:, place], factors, on & (place > hue_at), enabled)
     return x
+
+
+def blend_at(x, op, factors, on, enabled):
+    """The blend op [B] (never hue here) with its factor, where on [B] and the op is enabled."""
+    allowed = torch.zeros_like(on)
+    for index in (BRIGHTNESS, CONTRAST) + ((SATURATION,) if x.shape[1] == 3 else ()):
+        if enabled[index]:
+            allowed = allowed | (op == index)
+    factor = factors.gather(1, op.clamp(max=SATURATION)[:, None])[:, 0]
+    return torch.where((on & allowed).view(-1, 1, 1, 1), blend(x, op, factor), x)
 
 
 def grayscale(x, on):
@@ -207,15 +214,16 @@ def box_taps(sigma, on, reach):
 
 def box_pass(x, taps, dim):
     """One box pass along dim (-1: rows, -2: columns) with edge pixels repeated beyond the image,
-    as Pillow's box blur does: x [B,C,H,W], taps [B,K] -> [B,C,H,W]."""
-    reach = (taps.shape[1] - 1) // 2
-    pad = (reach, reach, 0, 0) if dim == -1 else (0, 0, reach, reach)
-    xp = F.pad(x, pad, mode="replicate")
-    n = x.shape[dim]
-    out = torch.zeros_like(x)
-    for k in range(taps.shape[1]):
-        out = out + taps[:, k].view(-1, 1, 1, 1) * xp.narrow(dim, k, n)
-    return out
+    as Pillow's box blur does: x [B,C,H,W], taps [B,K] -> [B,C,H,W], one grouped convolution."""
+    B, C, H, W = x.shape
+    K = taps.shape[1]
+    reach = (K - 1) // 2
+    kernel = taps.repeat_interleave(C, 0)  # [B*C,K]: each channel its image's taps
+    if dim == -1:
+        xp, kernel = F.pad(x, (reach, reach, 0, 0), mode="replicate"), kernel.view(B * C, 1, 1, K)
+    else:
+        xp, kernel = F.pad(x, (0, 0, reach, reach), mode="replicate"), kernel.view(B * C, 1, K, 1)
+    return F.conv2d(xp.reshape(1, B * C, *xp.shape[2:]), kernel, groups=B * C).view(B, C, H, W)
 
 
 def blur(x, sigma, on, sigma_max):

@@ -1,6 +1,7 @@
 """lib/batch_augment.py against its references: each op against torchvision's functional op (or
 PIL's, for the blur and the PIL crop) on the same image with the same parameters, and the random
 draws against the loader path (train_transform's ops and their get_params) over a few thousand draws."""
+import itertools
 import random
 from dataclasses import replace
 
@@ -45,14 +46,15 @@ def gen(seed):
 def test_colour_ops_are_torchvisions(channels):
     x = uint8_images(6, channels, 12, 10).float() / 255
     factor = torch.tensor([0.0, 0.6, 0.93, 1.0, 1.25, 1.4])
-    shift = torch.tensor([-0.4, -0.1, -0.013, 0.0, 0.25, 0.5])
-    for ours, theirs, f, atol in [(ba.brightness, TF.adjust_brightness, factor, 1e-6),
-                                  (ba.contrast, TF.adjust_contrast, factor, 1e-6),
-                                  (ba.saturation, TF.adjust_saturation, factor, 1e-6),
-                                  (ba.hue, TF.adjust_hue, shift, 1e-5)]:  # HSV round trip in float32
-        out = ours(x, f)
+    for op, theirs in [(ba.BRIGHTNESS, TF.adjust_brightness), (ba.CONTRAST, TF.adjust_contrast),
+                       (ba.SATURATION, TF.adjust_saturation)]:
+        out = ba.blend(x, torch.full((6,), op), factor)
         for k in range(len(x)):
-            torch.testing.assert_close(out[k], theirs(x[k], f[k].item()), atol=atol, rtol=0)
+            torch.testing.assert_close(out[k], theirs(x[k], factor[k].item()), atol=1e-6, rtol=0)
+    shift = torch.tensor([-0.4, -0.1, -0.013, 0.0, 0.25, 0.5])
+    out = ba.hue(x, shift)
+    for k in range(len(x)):  # HSV and back in float32
+        torch.testing.assert_close(out[k], TF.adjust_hue(x[k], shift[k].item()), atol=1e-5, rtol=0)
 
 
 def test_grayscale_is_torchvisions_and_only_where_drawn():
@@ -66,22 +68,28 @@ def test_grayscale_is_torchvisions_and_only_where_drawn():
     assert torch.equal(ba.grayscale(grey, torch.tensor([True, True])), grey)
 
 
-def test_jitter_applies_each_images_own_order():
+@pytest.mark.parametrize("channels", [3, 1])
+def test_jitter_applies_each_images_own_order(channels):
     """Per image, the four ops in its permutation's order (the order matters: brightness then
-    contrast differs from the reverse once the clamp bites), only where the coin says so."""
-    x = uint8_images(4, 3, 8, 8, seed=3).float() / 255
-    order = torch.tensor([[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2], [2, 0, 3, 1]])
-    factors = torch.tensor([[1.4, 0.6, 1.3, 0.1], [0.7, 1.4, 0.6, -0.1], [1.3, 1.2, 0.8, 0.4], [0.6, 0.7, 1.4, -0.3]])
-    on = torch.tensor([True, True, True, False])
-    out = ba.jitter(x, order, factors, on, [True] * 4)
+    contrast differs from the reverse once the clamp bites), only where the coin says so, only the
+    ops the recipe enables: all 24 orders, with hue at every place."""
+    orders = torch.tensor(list(itertools.permutations(range(4))))  # [24,4]
+    x = uint8_images(48, channels, 8, 8, seed=3).float() / 255
+    order = torch.cat([orders, orders])
+    g = gen(3)
+    factors = torch.stack([0.6 + 0.8 * torch.rand(48, generator=g) for _ in range(3)]
+                          + [0.8 * torch.rand(48, generator=g) - 0.4], 1)
+    on = torch.rand(48, generator=g) < 0.8
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    for k in range(4):
-        ref = x[k]
-        for index in order[k].tolist() if on[k] else []:
-            ref = ops[index](ref, factors[k, index].item())
-        torch.testing.assert_close(out[k], ref, atol=1e-5, rtol=0)
+    for enabled in ([True] * 4, [True, False, True, False]):
+        out = ba.jitter(x, order, factors, on, enabled)
+        for k in range(48):
+            ref = x[k]
+            for index in order[k].tolist() if on[k] else []:
+                ref = ops[index](ref, factors[k, index].item()) if enabled[index] else ref
+            torch.testing.assert_close(out[k], ref, atol=1e-5, rtol=0)
     reversed_order = ba.jitter(x, order.flip(1), factors, on, [True] * 4)
-    assert (reversed_order[:3] - out[:3]).abs().amax() > 0.05
+    assert (reversed_order - ba.jitter(x, order, factors, on, [True] * 4)).abs().amax() > 0.05
 
 
 BOXES = [  # image h, w; box i, j, h, w; output size
