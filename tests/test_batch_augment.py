@@ -17,8 +17,11 @@ from lib import batch_augment as ba
 from lib.augment import ERASING, RECIPES, Erasing, train_transform
 from lib.data import dataset_info
 
-N = 3000  # draws per distribution test
-KS_BOUND = 0.06  # two-sample KS statistic for N vs N draws: ~0.035 at p = 0.001; wrong rules give > 0.1
+N = 3000  # draws per distribution test, every generator seeded: each test gives the same numbers every run
+# Two-sample KS statistic, N vs N draws of one distribution: above 0.05 with p = 0.001, above 0.06
+# with p ~ 5e-5. The wrong rules tried (a uniform aspect ratio, one try, another probability or
+# sigma range) give 0.07 to 0.9.
+KS_BOUND = 0.06
 CIFAR = dataset_info("cifar10")
 
 
@@ -114,7 +117,8 @@ def test_crop_resize_is_resized_crop_on_tensors(flip):
 def smooth_image(h, w):
     """uint8 [3,h,w] with detail no finer than ~16 px: waves and a ramp."""
     y, x = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    waves = [127.5 + 127.5 * torch.sin(2 * torch.pi * (x + 2 * y) / 35), 127.5 + 127.5 * torch.cos(2 * torch.pi * y / 16), 8 * x]
+    waves = [127.5 + 127.5 * torch.sin(2 * torch.pi * (x + 2 * y) / 35),
+             127.5 + 127.5 * torch.cos(2 * torch.pi * y / 16), 8 * x]
     return torch.stack(waves).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -175,7 +179,7 @@ def test_pipeline_is_the_ops_in_the_recipes_order():
         mean, std = CIFAR.mean[:channels], CIFAR.std[:channels]
         aug = ba.BatchAugment(recipe, ERASING, mean, std, 16)
         images = uint8_images(24, channels, 20, 18, seed=5)
-        p = aug.draw(24, channels, 20, 18, gen(1), torch.device("cpu"))
+        p = aug.draw(24, 20, 18, gen(1), torch.device("cpu"))
         out = aug.apply(images, p)
         ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
         for k in range(24):
@@ -258,7 +262,7 @@ def test_jitter_draws_are_color_jitters():
     cj = loader_ops(recipe)["ColorJitter"].transforms[0]
     torch.manual_seed(0)
     theirs = [cj.get_params(cj.brightness, cj.contrast, cj.saturation, cj.hue) for _ in range(N)]
-    p = ba.BatchAugment(recipe, None, CIFAR.mean, CIFAR.std, 8).draw(N, 3, 8, 8, gen(0), "cpu")
+    p = ba.BatchAugment(recipe, None, CIFAR.mean, CIFAR.std, 8).draw(N, 8, 8, gen(0), "cpu")
     for index in range(4):
         d = ks(p["factors"][:, index], [t[index + 1] for t in theirs])
         assert d < KS_BOUND, (index, d)
@@ -266,7 +270,7 @@ def test_jitter_draws_are_color_jitters():
         assert abs(first[0] - first[1]) < 0.04, (index, first)
     # and a whole permutation: how often op 0 comes before op 1 and op 2 before op 3
     position = p["order"].argsort(1)
-    before = (position[:, 0] < position[:, 1]).float().mean().item(), (position[:, 2] < position[:, 3]).float().mean().item()
+    before = [(position[:, a] < position[:, b]).float().mean().item() for a, b in ((0, 1), (2, 3))]
     assert abs(before[0] - 0.5) < 0.04 and abs(before[1] - 0.5) < 0.04, before
 
 
