@@ -11,6 +11,7 @@ import torch
 from PIL import Image, ImageFilter
 from scipy.stats import ks_2samp
 from torchvision import transforms
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision.transforms import functional as TF
 
 from lib import batch_augment as ba
@@ -363,6 +364,34 @@ def test_shapes_determinism_and_no_global_draws(channels, batch):
     assert torch.equal(torch.get_rng_state(), torch_state) and random.getstate() == python_state
     assert torch.equal(out, aug(images, gen(7)))
     assert not torch.equal(out, aug(images, gen(8)))
+
+
+class OpLog(TorchDispatchMode):
+    """Records the name of every aten op run inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_call_never_waits_for_the_device():
+    """No op that copies a value to the host (.item(), bool(), nonzero, masked indexing) and no
+    tensor built from Python data, once the first call has put mean and std on the device: on a
+    GPU each would stall the step until the device caught up."""
+    aug = ba.BatchAugment(RECIPES["aug-plus"], ERASING, CIFAR.mean, CIFAR.std, 16)
+    images = uint8_images(4, 3, 20, 20)
+    aug(images, gen(0))
+    with OpLog() as log:
+        aug(images, gen(0))
+    assert not log.ops & {"aten._local_scalar_dense", "aten.nonzero", "aten.is_nonzero", "aten.lift_fresh",
+                          "aten.masked_select", "aten.index"}, log.ops
+    with OpLog() as log:  # the log sees them
+        torch.tensor([1.0, 2.0])[images[0, 0, 0, :2] > 1].sum().item()
+    assert {"aten._local_scalar_dense", "aten.lift_fresh", "aten.index"} <= log.ops
 
 
 def test_grey_images_skip_hue_saturation_and_grayscale():
