@@ -336,8 +336,13 @@ class BatchAugment:
         return self._moments[device]
 
     def __call__(self, images, generator):
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != len(self.mean):
+            raise ValueError(f"BatchAugment takes uint8 images [B,{len(self.mean)},H,W] (as many channels as "
+                             f"mean and std); got {images.dtype} {list(images.shape)}")
         B, C, H, W = images.shape
-        return self.apply(images, self.draw(B, H, W, generator, images.device))
+        # Pixels stay float32 even inside an autocast region (its conv2d would run in half precision).
+        with torch.autocast(images.device.type, enabled=False):
+            return self.apply(images, self.draw(B, H, W, generator, images.device))
 
     def __repr__(self):
         return f"BatchAugment({self.recipe!r}, erasing={self.erasing!r}, size={self.size})"

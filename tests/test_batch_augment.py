@@ -394,6 +394,17 @@ def test_a_call_never_waits_for_the_device():
     assert {"aten._local_scalar_dense", "aten.lift_fresh", "aten.index"} <= log.ops
 
 
+def test_wrong_images_are_refused_and_autocast_is_ignored():
+    aug = ba.BatchAugment(RECIPES["aug-plus"], ERASING, CIFAR.mean, CIFAR.std, 8)
+    for bad in (uint8_images(2, 3, 8, 8).float(), uint8_images(2, 1, 8, 8), uint8_images(1, 3, 8, 8)[0]):
+        with pytest.raises(ValueError, match="uint8 images"):
+            aug(bad, gen(0))
+    images = uint8_images(4, 3, 10, 10)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = aug(images, gen(0))
+    assert out.dtype == torch.float32 and torch.equal(out, aug(images, gen(0)))
+
+
 def test_grey_images_skip_hue_saturation_and_grayscale():
     """On a 1-channel image only the crop, brightness, contrast, blur, flip and erasing act."""
     recipe = replace(RECIPES["aug-plus"], jitter=(0.0, 0.0, 0.4, 0.4), grayscale_p=1.0, blur_p=0.0, flip_p=0.0,
