@@ -129,7 +129,7 @@ def blend(x, op, factor):
     op = op.view(-1, 1, 1, 1)
     other = torch.where(op == BRIGHTNESS, 0.0, torch.where(op == CONTRAST, g.mean((1, 2, 3), keepdim=True), g))
     f = factor.view(-1, 1, 1, 1)
-    return (f * x + (1 - f) * other).clamp(0, 1)
+    return torch.addcmul((1 - f) * other, f, x).clamp_(0, 1)  # f * x + (1 - f) * other
 
 
 def hue(x, shift):
@@ -177,13 +177,14 @@ def jitter(x, order, factors, on, enabled):
 
 
 def blend_at(x, op, factors, on, enabled):
-    """The blend op [B] (never hue here) with its factor, where on [B] and the op is enabled."""
+    """The blend op [B] (never hue here) with its factor, where on [B] and the op is enabled; the
+    other images get factor 1, which returns them exactly (1 * x + 0 * other, x already in [0,1])."""
     allowed = torch.zeros_like(on)
     for index in (BRIGHTNESS, CONTRAST) + ((SATURATION,) if x.shape[1] == 3 else ()):
         if enabled[index]:
             allowed = allowed | (op == index)
     factor = factors.gather(1, op.clamp(max=SATURATION)[:, None])[:, 0]
-    return torch.where((on & allowed).view(-1, 1, 1, 1), blend(x, op, factor), x)
+    return blend(x, op, torch.where(on & allowed, factor, 1.0))
 
 
 def grayscale(x, on):
@@ -315,7 +316,7 @@ class BatchAugment:
     def apply(self, images, p):
         """uint8 [B,C,H,W] and draw()'s parameters -> float32 [B,C,size,size]."""
         r = self.recipe
-        x = images.float() / 255  # [B,C,H,W] in [0,1], as ToTensor
+        x = images.float().div_(255)  # [B,C,H,W] in [0,1], as ToTensor
         x = resample(x, p["i"], p["j"], p["h"], p["w"], p["flip"], self.size)  # [B,C,size,size]
         if r.grayscale_first:
             x = grayscale(x, p["grey_on"])
