@@ -28,6 +28,10 @@ COMPARISONS = {
     "fmnistmoco": ("Fashion-MNIST, balanced 10k subset, MoCo vs MoCo+CLD", "base", "cld", "MoCo", "MoCo+CLD"),
     "gather": ("digits MoCo+CLD on 2 processes: groups per process vs --gather-groups", "perproc", "gathered",
                "per process", "--gather-groups"),
+    "dpquick": ("digits, the README quick start (NPID+CLD): --data-path loader vs device", "loader", "device",
+                "loader", "device"),
+    "dpfmnist": ("Fashion-MNIST, balanced 10k subset (NPID+CLD): --data-path loader vs device", "loader", "device",
+                 "loader", "device"),
 }
 RUN_NAME = re.compile(r"^(?P<comp>[a-z]+)_(?P<arm>[a-z]+)_s(?P<seed>\d+)$")
 
