@@ -97,7 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--data-path", choices=["loader", "device"], default=None,
                    help="device: the whole uint8 training array on the training device, each batch's views built "
                         "there with batched tensor ops (lib/batch_augment.py); loader: a DataLoader of PIL transforms "
-                        "in --workers processes. Default: device for the array datasets, loader for image folders")
+                        "in --workers processes. Default: device for the array datasets, loader for image folders "
+                        "(whose files are decoded one by one)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process (loader path, kNN)")
     p.add_argument("--sync-every", type=int, default=None,
                    help="read the step counters (skipped steps, stop signals) on the host every N steps and at the "
@@ -546,8 +547,8 @@ class Progress:
 
 
 class StopSignal:
-    """SIGINT / SIGTERM set a flag; the step shares it with every process, so that all of them finish the
-    same step, save and exit with 128 + the signal."""
+    """SIGINT / SIGTERM set a flag; the next step shares it with every process, and at the next step the
+    loop reads its counters (--sync-every) all of them save and exit with 128 + the signal."""
 
     def __init__(self):
         self.received = []

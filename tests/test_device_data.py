@@ -18,14 +18,16 @@ from lib.sampler import EpochSampler
 from lib.schedule import lr_at
 from lib.subsets import subset_dataset
 from tests.common import states_equal
-from tests.fixtures import write_cifar10
+from tests.fixtures import write_cifar10, write_stl10
 from tests.test_faults import TINY, STEPS, no_signal_handlers, signal_after  # noqa: F401 (a fixture)
 
 
 def test_the_array_is_the_images_the_loader_sees(tmp_path):
     """Row i of the device array is item i's image as ToTensor reads it (x 255), grey and RGB, whole and subset."""
-    root = write_cifar10(tmp_path, n_train_per_batch=4)
-    for dataset in (load_dataset("cifar10", root, "pretrain"), load_dataset("digits", None, "pretrain"),
+    root = write_cifar10(tmp_path / "c", n_train_per_batch=4)
+    stl = write_stl10(tmp_path / "s", n_train=6, n_unlabeled=5)
+    for dataset in (load_dataset("cifar10", root, "pretrain"), load_dataset("stl10", stl, "pretrain"),
+                    load_dataset("digits", None, "pretrain"),
                     subset_dataset(load_dataset("digits", None, "pretrain"), [5, 0, 1400, 7])):
         images = uint8_images(dataset)
         assert images.dtype == torch.uint8 and images.shape[0] == len(dataset)
