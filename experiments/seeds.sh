@@ -3,7 +3,7 @@
 # experiments/summarise.py into experiments/results.md and experiments/results.jsonl.
 #
 # Usage: bash experiments/seeds.sh [block ...]
-#   blocks: quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco   (default: all, in that order)
+#   blocks: quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco datapath   (default: all, in that order)
 #           byol-fmnist byol-fmnist-lt byol-fmnist-hc   (BYOL, BYOL+CLD, C2BIN beside NPID+CLD, MoCo+CLD; only
 #           when named; summarised by experiments/summarise_byol.py into experiments/results_byol.md)
 # Environment: PY (python), RUNS (run folders, default runs/), SEEDS (default "0 1 2"),
@@ -138,6 +138,27 @@ block_gather() {
   done
 }
 
+# (g) The two data paths, --data-path loader (PIL in a DataLoader) vs device (lib/batch_augment.py), NPID+CLD
+# on the quick start (a) and on the Fashion-MNIST 10k block (b). Each seed's two runs start together and the
+# next pair waits for both, so that the two paths share the machine alike (the loader run ends alone).
+block_datapath() {
+  fmnist_subset
+  for s in $SEEDS; do
+    for path in loader device; do
+      train "dpquick_${path}_s$s" --dataset digits --arch resnet20 --epochs 30 --batch-size 128 --clusters 10 \
+        --workers 0 --knn-every 10 --data-path "$path" --seed "$s"
+    done
+    wait
+  done
+  for s in $SEEDS; do
+    for path in loader device; do
+      train "dpfmnist_${path}_s$s" "${FM[@]}" --epochs "$FM_EPOCHS" --knn-every 0 --subset "$RUNS/fmnist_10k.json" \
+        --data-path "$path" --seed "$s"
+    done
+    wait
+  done
+}
+
 # clusters NAME: eval_clusters.py on a finished run (k-means of the test set; C2BIN: also its own head).
 clusters() {
   [ -f "$RUNS/$1.done" ] || return 0
@@ -145,18 +166,20 @@ clusters() {
   echo "$1 $(cat "$RUNS/$1.clusters.json")"
 }
 
-# (g) One budget per dataset for five arms, every seed: BYOL (--lam 0), BYOL+CLD, C2BIN, NPID+CLD, MoCo+CLD.
+# (h) One budget per dataset for five arms, every seed: BYOL (--lam 0), BYOL+CLD, C2BIN, NPID+CLD, MoCo+CLD.
 # BYOL's projector and predictor 512 wide instead of 4096 (CPU); the byol row otherwise (LARS, tau 0.99,
 # asymmetric views; BYOL+CLD: K 128, lambda 1; C2BIN: K 10, 20, 40). NPID+CLD takes the settings of blocks
-# (b)-(d), MoCo+CLD those of block (e'), at this budget.
+# (b)-(d), MoCo+CLD those of block (e'), at this budget. --data-path loader: these results were trained
+# on the DataLoader path, before the device path existed.
 byol_arms() {
   local name=$1; shift
   for s in $SEEDS; do
-    train "${name}_byol_s$s" "$@" --seed "$s" --byol --byol-hidden 512 --lam 0
-    train "${name}_byolcld_s$s" "$@" --seed "$s" --byol --byol-hidden 512
-    train "${name}_c2bin_s$s" "$@" --seed "$s" --c2bin --byol-hidden 512
-    train "${name}_npidcld_s$s" "$@" --seed "$s"
-    train "${name}_mococld_s$s" "$@" --seed "$s" --moco --clusters 10 --queue 4096 --moco-momentum 0.99
+    train "${name}_byol_s$s" "$@" --data-path loader --seed "$s" --byol --byol-hidden 512 --lam 0
+    train "${name}_byolcld_s$s" "$@" --data-path loader --seed "$s" --byol --byol-hidden 512
+    train "${name}_c2bin_s$s" "$@" --data-path loader --seed "$s" --c2bin --byol-hidden 512
+    train "${name}_npidcld_s$s" "$@" --data-path loader --seed "$s"
+    train "${name}_mococld_s$s" "$@" --data-path loader --seed "$s" --moco --clusters 10 --queue 4096 \
+      --moco-momentum 0.99
   done
   wait
   for s in $SEEDS; do
@@ -181,7 +204,7 @@ block_byol_fmnist_hc() {
 }
 
 pairs=0 byol=0
-for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco}; do
+for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco datapath}; do
   "block_${block//-/_}"
   case $block in byol-*) byol=1 ;; *) pairs=1 ;; esac
 done

@@ -11,7 +11,10 @@ import torch
 import torch.nn as nn
 from torchvision import transforms
 
-from lib.augment import MultiView, RadiusBlur, view_transforms
+from torchvision.transforms import functional as TF
+
+from lib import batch_augment as ba
+from lib.augment import VIEW_RECIPES, MultiView, RadiusBlur, view_transforms
 from lib.byol import BYOLTarget, byol_loss, tau_at
 from lib.c2bin import ClusterContrast, column_contrast, entropy_term
 from lib.data import cifar100_superclasses, dataset_info, load_dataset
@@ -205,6 +208,19 @@ def test_byol_views_are_asymmetric():
     # MultiView hands view i to transform i
     views = MultiView([lambda img: "first", lambda img: "second"], 3)(None)
     assert views == ["first", "second", "first"]
+
+
+def test_device_solarize_is_torchvisions_and_only_in_the_second_byol_view():
+    x = torch.rand(6, 3, 5, 5)
+    on = torch.tensor([True, False, True, True, False, True])
+    out = ba.solarize(x, on)
+    for k in range(6):
+        torch.testing.assert_close(out[k], TF.solarize(x[k], 128 / 255) if on[k] else x[k], atol=0, rtol=0)
+    first, second = (ba.BatchAugment(r, False, (0.5,) * 3, (0.5,) * 3, 8) for r in VIEW_RECIPES["byol"])
+    g = torch.Generator().manual_seed(0)
+    assert "solarize_on" not in first.draw(10, 8, 8, g, "cpu")
+    assert abs(second.draw(4000, 8, 8, g, "cpu")["solarize_on"].float().mean().item() - 0.2) < 0.02
+    assert first.draw(4000, 8, 8, g, "cpu")["blur_on"].all()
 
 
 def test_cifar100_superclasses_come_from_the_pickle(tmp_path):
