@@ -16,11 +16,16 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from summarise import fmt, mean_std, readable, train_size  # noqa: E402
+from summarise import fmt, mean_std, readable, train_size, verdict  # noqa: E402
 
 BLOCKS = {"fmbyol": "Fashion-MNIST, balanced 10k subset", "ltbyol": "Fashion-MNIST-LT, ratio 100",
           "hcbyol": "fashion-mnist-hc"}
 ARMS = {"byol": "BYOL", "byolcld": "BYOL+CLD", "c2bin": "C2BIN", "npidcld": "NPID+CLD", "mococld": "MoCo+CLD"}
+# RUNS/untrained_fmnist.json (experiments/untrained_fmnist.py): the balanced block's networks before training.
+UNTRAINED = {"byol": "untrained: the BYOL arms' backbone feature", "npid": "untrained: NPID's f_I",
+             "moco": "untrained: MoCo's f_I"}
+# (arm, arm) pairs whose same-seed differences are stated: the first against the second.
+PAIRS = (("byolcld", "byol"), ("c2bin", "byol"), ("byolcld", "npidcld"), ("byolcld", "mococld"), ("c2bin", "byolcld"))
 RUN_NAME = re.compile(r"^(?P<block>[a-z]+)_(?P<arm>[a-z0-9]+)_s(?P<seed>\d+)$")
 
 
@@ -82,7 +87,9 @@ def main():
              "(eval_clusters.py, %): NMI / ACC (Hungarian) / ARI on the 10,000 test images, of spherical k-means "
              "(K 10, best of 5 k-means++ runs) on the same feature; for C2BIN also of its own smallest head "
              "(K 10, argmax). mean ± sample std (ddof 1) over seeds; per-seed values in seed order. Wall time: "
-             "seconds per run, OMP_NUM_THREADS=1 on a shared 2-core machine, two runs at a time.", ""]
+             "seconds per run, OMP_NUM_THREADS=1 on a shared 2-core machine, two runs at a time. The runs were trained "
+             "on the DataLoader path before `--data-path` existed: on later versions add `--data-path loader` to "
+             "the commands below to train as they did (seeds.sh does).", ""]
     records = []
     for block, title in BLOCKS.items():
         rows = [(arm, found.get((block, arm), [])) for arm in ARMS]
@@ -102,6 +109,23 @@ def main():
             lines.append(f"| {ARMS[arm]} | {top1} | {per_seed} | " + " | ".join(measures) + f" | {seeds} | {walls} |")
             for r in runs:
                 records.append({k: v for k, v in r.items() if k != "config"} | {"block": block, "arm": arm})
+        untrained = os.path.join(args.runs, "untrained_fmnist.json")
+        if block == "fmbyol" and os.path.exists(untrained):
+            with open(untrained) as f:
+                scores = json.load(f)
+            for arm, label in UNTRAINED.items():
+                runs = [dict(scores[k], top1=scores[k]["knn_top1"], kmeans_nmi=scores[k]["nmi"], kmeans_acc=scores[k]["acc"],
+                             kmeans_ari=scores[k]["ari"]) for k in sorted(scores) if k.startswith(arm + "_s")]
+                top1, per_seed = cell(runs, "top1")
+                measures = [cell(runs, f"kmeans_{m}")[0] for m in ("nmi", "acc", "ari")]
+                lines.append(f"| {label} | {top1} | {per_seed} | " + " | ".join(measures) + " | - | - | - | 0,1,2 | - |")
+        lines += ["", "What the spread allows (same-seed differences, kNN top-1 and k-means NMI):", ""]
+        by_arm = dict(rows)
+        for first, second in PAIRS:
+            for key, what in (("top1", "kNN"), ("kmeans_nmi", "NMI")):
+                a = {r["seed"]: r[key] for r in by_arm[first] if key in r}
+                b = {r["seed"]: r[key] for r in by_arm[second] if key in r}
+                lines.append(f"- {ARMS[first]} vs {ARMS[second]}, {what}: {verdict(b, a, ARMS[second], ARMS[first])}")
         lines.append("")
         lines.append("Per-seed clustering (k-means NMI / ACC / ARI):")
         lines.append("")
