@@ -29,7 +29,7 @@ from tqdm import tqdm
 from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
 from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
 from lib.checkpoint import CheckpointError
-from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
+from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED, Range
 from lib.cluster import grouping
 from lib.data import (DATASET_NAMES, DatasetError, dataset_info, describe_unreadable, image_files, load_dataset,
                       unreadable_images)
@@ -70,6 +70,12 @@ def parse_args(argv=None):
     # instance branch: the partner CLD joins
     p.add_argument("--partner", choices=tuple(PARTNERS), default="npid", help="the instance-level partner (lib/partners.py)")
     p.add_argument("--moco", action="store_true", help="the same as --partner moco: MoCo's key encoder and queue (CLDm)")
+    p.add_argument("--infomin", action="store_true",
+                   help="the same as --partner infomin: InfoMin+CLD, MoCo's queue with three crops and a jigsaw branch")
+    p.add_argument("--beta", type=float, default=0.5, help="InfoMin: weight of the jigsaw loss (authors: 0.5)")
+    p.add_argument("--enqueue-twice", action="store_true",
+                   help="InfoMin: the authors' trainer, which enqueues the keys after each query's loss, so the second "
+                        "query meets its own key among the negatives (default: one enqueue after both; README)")
     p.add_argument("--dim", type=int, default=128, help="width of both heads")
     p.add_argument("--ins-t", type=float, help="T_I, the instance temperature, also the kNN sigma; " + FROM_RECIPE)
     p.add_argument("--instance-head", choices=HEADS, help=FROM_RECIPE)
@@ -115,8 +121,8 @@ def parse_args(argv=None):
                    help="stop after this many steps in a row with a non-finite loss, gradient or BatchNorm statistic "
                         "(each such step is skipped)")
     args = p.parse_args(argv)
-    if args.moco:
-        args.partner = "moco"
+    if args.moco or args.infomin:
+        args.partner = "moco" if args.moco else "infomin"
     args.moco = args.partner == "moco"  # kept in the config: checkpoints of earlier versions name the partner so
     info = dataset_info(args.dataset)
     args.arch = args.arch or info.default_arch
@@ -124,6 +130,8 @@ def parse_args(argv=None):
     settings, args.sources = recipes.resolve(vars(args), args.partner, args.dataset)
     args.recipe = "/".join(recipes.row_name(args.partner, args.dataset))
     vars(args).update(settings)
+    # A partner that feeds jigsaw tiles to the online network gets a jigsaw head of the instance head's kind.
+    args.jigsaw_head = args.instance_head if hasattr(PARTNERS[args.partner], "extra_input") else "none"
     if args.sources["warmup_epochs"] == "flag" and args.warmup_epochs > args.epochs:  # a recipe's 5 fits any run
         p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
     check_args(p, args)
@@ -137,12 +145,13 @@ RANGES = {
     "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
     "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
     "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
+    "beta": Range(0, 1, text="in [0, 1]"),
 }
 
 
 def check_args(p, args):
     """Everything that can be checked before any work starts: ranges, then the paths."""
-    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if args.partner == "moco" else {})})
+    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if hasattr(PARTNERS[args.partner], "enqueue") else {})})
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
     cli.input_file(p, "--resume", args.resume, "a checkpoint, RUN/last.pth or RUN/epoch_N.pth")
@@ -157,7 +166,7 @@ RESUME_STATE = ("memory", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, scaler, autocast, stop_requested=False):
     """One optimisation step. views: as many views of each image as the partner needs; the first two go
-    through the online network (CLD runs between them).
+    through the online network (CLD runs between them), and any others the partner's online_views names.
 
     A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing:
     no optimizer step, no partner update (bank rows, key encoder, queue), and the BatchNorm statistics its
@@ -168,9 +177,10 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
     """
     volatile = batchnorm_buffers(raw_model) + batchnorm_buffers(partner)   # what a forward pass moves
     saved = [buffer.clone() for buffer in volatile]
+    online = [views[i] for i in getattr(partner, "online_views", (0, 1))]
     with autocast:
-        (f1, g1), (f2, g2) = model(views[0], views[1])                      # each [B, dim]
-        loss_ins, pending = partner.loss([f1, f2], views, indices)
+        (f1, g1), (f2, g2), *more = model(*online)                          # each [B, dim]
+        loss_ins, pending = partner.loss([f1, f2, *(f for f, _ in more)], views, indices)
         loss_cld, group_acc, grad_scale = cld(g1, g2, step)
         loss = loss_ins + cld.lam * loss_cld
     optimizer.zero_grad(set_to_none=True)
@@ -266,7 +276,9 @@ def check_run(args, world):
 def make_data(args, views, rank, world, device):
     """(loader of `views` augmented views per image, its sampler, kNN bank set, kNN test set)."""
     info = dataset_info(args.dataset)
-    augment = MultiView(train_transform(info, args.aug, args.erasing, args.image_size), views)
+    extra = getattr(PARTNERS[args.partner], "extra_input", None)  # e.g. InfoMin's jigsaw tiles
+    augment = MultiView(train_transform(info, args.aug, args.erasing, args.image_size), views,
+                        extra and extra(info, args.image_size))
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))

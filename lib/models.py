@@ -135,27 +135,61 @@ def build_head(kind, d_in, d_out):
     raise ValueError(f"unknown head {kind!r}; choose one of {', '.join(HEADS)}")
 
 
+class JigsawHead(nn.Module):
+    """InfoMin's jigsaw head (PIRL's; the authors' infomin/utils.py JigsawHead): every tile's backbone
+    feature through fc1, the tiles of each image put in a random order, concatenated, then fc2 and
+    L2 normalisation. fc1 has its own hidden Linear + ReLU when `hidden` (their 'mlp'/'normmlp'
+    heads); `kind` is the kind of fc1's last layer and of fc2 (their NormLinear for 'normmlp')."""
+
+    def __init__(self, d_in, dim, kind, hidden, tiles=9):
+        super().__init__()
+        last = build_head(kind, d_in, dim)
+        self.fc1 = nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), last) if hidden else last
+        self.fc2 = build_head(kind, dim * tiles, dim)
+        self.tiles = tiles
+
+    def forward(self, h):
+        """h [B * tiles, d_in], the tiles of each image in a row -> [B, dim], unit length."""
+        x = self.fc1(h)                                                       # [B * T, dim]
+        n = len(x) // self.tiles
+        # One permutation per image, drawn in turn from torch's CPU generator (as the authors' head).
+        order = torch.stack([torch.randperm(self.tiles) for _ in range(n)]).to(x.device)   # [B, T]
+        x = x.view(n, self.tiles, -1)[torch.arange(n, device=x.device)[:, None], order]   # [B, T, dim]
+        return F.normalize(self.fc2(x.reshape(n, -1)), dim=1)
+
+
 class CLDNet(nn.Module):
     """backbone -> [shared hidden layer] -> (f_I, f_G), each [B, dim] and unit length.
 
     mlp=True adds MoCo v2's hidden Linear(d, d) + ReLU, shared by both heads: with NormLinear heads
     this is the authors' "NormMLP" for ImageNet MoCo v2+CLD.
+    jigsaw_head (a head kind, or "none") adds InfoMin's JigsawHead, on the backbone directly as in the
+    authors' RGBTriHeads; a view of shape [B, T, C, h, w] (T jigsaw tiles per image) goes through it.
     """
 
-    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False):
+    def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False,
+                 jigsaw_head="none"):
         super().__init__()
         self.backbone = build_backbone(arch, in_channels)
         width = self.backbone.out_dim
         self.projector = nn.Sequential(nn.Linear(width, width), nn.ReLU()) if mlp else nn.Identity()
         self.instance_head = build_head(instance_head, width, dim)
         self.group_head = build_head(group_head, width, dim)
+        if jigsaw_head != "none":
+            self.jigsaw_head = JigsawHead(width, dim, jigsaw_head, hidden=mlp)
 
     def forward(self, *views):
-        """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim].
+        """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim]; a jigsaw view
+        [B, T, C, h, w] -> (f_J [B, dim], None).
         One call for all views keeps DistributedDataParallel to one forward per step, while every
         view still gets its own BatchNorm statistics, as in the authors' code."""
         out = []
         for x in views:
+            if x.dim() == 5:  # all tiles through the backbone as one batch, as the authors do
+                if not hasattr(self, "jigsaw_head"):
+                    raise ValueError("a jigsaw input needs a network built with a jigsaw head")
+                out.append((self.jigsaw_head(self.backbone(x.flatten(0, 1))), None))
+                continue
             h = self.projector(self.backbone(x))                           # [B, out_dim]
             out.append((F.normalize(self.instance_head(h), dim=1),        # f_I [B, dim]
                         F.normalize(self.group_head(h), dim=1)))          # f_G [B, dim]
@@ -177,15 +211,17 @@ class NetworkSpec:
     instance_head: str = "linear"
     group_head: str = "linear"
     mlp: bool = False
+    jigsaw_head: str = "none"
 
     @classmethod
     def from_config(cls, config, in_channels):
         """From a run's settings (train_cld.py's args as a dict, or a checkpoint's config)."""
         return cls(config["arch"], in_channels, config["image_size"], config["dim"], config["instance_head"],
-                   config["group_head"], bool(config.get("mlp", False)))
+                   config["group_head"], bool(config.get("mlp", False)), config.get("jigsaw_head", "none"))
 
     def build(self):
-        return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp)
+        return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp,
+                      self.jigsaw_head)
 
     def differences(self, other):
         """[(field, self's value, other's value)] where the two disagree."""

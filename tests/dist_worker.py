@@ -11,5 +11,5 @@ if __name__ == "__main__":
     args = parse_args()
     model, memory = main(args)
     rank = int(os.environ.get("RANK", 0))
-    bank = memory.queue if args.moco else memory.bank
+    bank = memory.queue if hasattr(memory, "queue") else memory.bank
     torch.save({"bank": bank, "model": model.state_dict()}, os.path.join(args.out, f"rank{rank}.pt"))

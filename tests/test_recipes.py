@@ -37,6 +37,15 @@ EXPECTED = {
     ("npid", "imagenet100"): dict(batch_size=512, lr=0.2, wd=1e-4, clusters=120, lam=0.25, knn_every=0),
     ("moco", "imagenet100"): dict(batch_size=512, lr=0.05, wd=1e-4, clusters=120, lam=0.25, ins_t=0.2, cld_t=0.4,
                                   mlp=True, queue=65536),
+    # scripts/imagenet/train_imagenet_infomin_cld.sh (lr 0.2 at batch 512, 100 epochs, normmlp, Lambda 0.25,
+    # cld-t 0.8, 120 clusters) with --method CLD's nce_t 0.15 and aug 'D' (utils/infomin_base_options.py),
+    # the 5 warm-up epochs that a batch above 256 turns on (utils/infomin_train_options.py), -k 65536.
+    ("infomin", "imagenet"): dict(epochs=100, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=5, clusters=120,
+                                  lam=0.25, ins_t=0.15, cld_t=0.8, instance_head="normlinear",
+                                  group_head="normlinear", mlp=True, aug="infomin", erasing=False, queue=65536,
+                                  knn_every=0),
+    ("infomin", "cifar10"): dict(batch_size=256, lr=0.03, clusters=200, lam=0.25, ins_t=0.15, cld_t=0.8, mlp=True,
+                                 aug="infomin", erasing=False, queue=12288),
 }
 
 
@@ -67,6 +76,13 @@ def test_a_set_flag_wins_and_is_recorded_as_such():
 
 def test_moco_flag_is_the_moco_partner():
     assert resolved("--moco").partner == "moco" and resolved("--partner", "moco").moco
+
+
+def test_infomin_flag_is_the_infomin_partner_with_a_jigsaw_head():
+    args = resolved("--infomin", "--dataset", "imagenet")
+    assert args.partner == "infomin" and not args.moco and args.jigsaw_head == "normlinear"
+    assert (args.beta, args.enqueue_twice) == (0.5, False)      # TrainOptions' --beta default; the fixed queue
+    assert resolved("--moco").jigsaw_head == "none"
 
 
 def test_every_row_fixes_every_setting():
