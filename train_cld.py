@@ -121,6 +121,8 @@ def parse_args(argv=None):
                    help="stop after this many steps in a row with a non-finite loss, gradient or BatchNorm statistic "
                         "(each such step is skipped)")
     args = p.parse_args(argv)
+    if args.moco and args.infomin:
+        p.error("--moco and --infomin name two partners; pass one")
     if args.moco or args.infomin:
         args.partner = "moco" if args.moco else "infomin"
     args.moco = args.partner == "moco"  # kept in the config: checkpoints of earlier versions name the partner so
