@@ -64,6 +64,8 @@ CASES = [
     ("train_cld", "--bank-momentum -0.5", "error: --bank-momentum must be in [0, 1), got -0.5"),
     ("train_cld", "--moco --moco-momentum 1.5", "error: --moco-momentum must be in [0, 1), got 1.5"),
     ("train_cld", "--moco --moco-momentum -1", "error: --moco-momentum must be in [0, 1), got -1.0"),
+    ("train_cld", "--infomin --beta 1.5", "error: --beta must be in [0, 1], got 1.5"),
+    ("train_cld", "--infomin --queue 0", "error: --queue must be positive, got 0"),
     ("train_cld", "--moco --queue 0", "error: --queue must be positive, got 0"),
     ("train_cld", "--dim 0", "error: --dim must be positive, got 0"),
     ("train_cld", "--kmeans-iters 0", "error: --kmeans-iters must be positive, got 0"),
