@@ -56,6 +56,8 @@ class InfoMin(MomentumEncoder):
         return queue
 
     def update(self, model, keys):
+        """After the optimizer step: the key encoder's EMA, then the keys into the queue, once (twice with
+        enqueue_twice, the authors' two contrast() calls)."""
         super().update(model, keys)
         if self.enqueue_twice:
             self.enqueue(keys)
