@@ -27,12 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
-from lib.augment import AUG_NAMES, MultiView, test_transform, train_transform
+from lib.augment import AUG_NAMES, MultiView, recipe_for, test_transform, train_transform
 from lib.checkpoint import CheckpointError
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED, Range
 from lib.cluster import grouping
-from lib.data import (DATASET_NAMES, DatasetError, dataset_info, describe_unreadable, image_files, load_dataset,
-                      unreadable_images)
+from lib.data import (DATASET_NAMES, FOLDER_DATASETS, DatasetError, dataset_info, describe_unreadable, image_files,
+                      load_dataset, unreadable_images)
+from lib.batch_augment import covers
+from lib.device_data import DeviceBatches
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
 from lib.models import ARCHS, HEADS, NetworkSpec
@@ -41,6 +43,10 @@ from lib.sampler import EpochSampler
 from lib.subsets import subset_dataset
 from lib.schedule import lr_at
 
+# Images and convolution weights are stored channels-last (NHWC): cuDNN's bf16 / fp16 convolutions need it
+# for tensor cores, and on the CPU (oneDNN) it made a ResNet-20 step at 8 px 16% and a CIFAR ResNet-18 one
+# at 32 px ~5% faster than NCHW (experiments/benchmark.py's machine, one thread).
+LAYOUT = torch.channels_last
 # Flags left unset take the value of the recipe row that fits the run (lib/recipes.py).
 FROM_RECIPE = "default: the recipe row's (--print-config shows which)"
 
@@ -99,7 +105,16 @@ def parse_args(argv=None):
     p.add_argument("--spectral-affinity", default="relu", choices=["relu", "abs"],
                    help="spectral: cosine with negatives set to 0 (ours) or |cos| (the authors' spectral_clustering.py)")
     # bookkeeping
-    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    p.add_argument("--data-path", choices=["loader", "device"], default=None,
+                   help="device: the whole uint8 training array on the training device, each batch's views built "
+                        "there with batched tensor ops (lib/batch_augment.py); loader: a DataLoader of PIL transforms "
+                        "in --workers processes. Default: device for the array datasets, loader for image folders "
+                        "(whose files are decoded one by one)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process (loader path, kNN)")
+    p.add_argument("--sync-every", type=int, default=None,
+                   help="read the step counters (skipped steps, stop signals) on the host every N steps and at the "
+                        "end of each epoch; a signal is acted on at the next such step. Default: 1 on CPU, where a "
+                        "read costs nothing, 20 on GPU, where each read waits for the queued work to finish")
     p.add_argument("--check-images", default="auto", choices=["auto", "on", "off"],
                    help="decode every image of a folder dataset (training and kNN test files) once before training "
                         "and list the unreadable ones; auto: on up to 50,000 files (about a minute), off above, where "
@@ -133,7 +148,17 @@ def parse_args(argv=None):
     args.recipe = "/".join(recipes.row_name(args.partner, args.dataset))
     vars(args).update(settings)
     # A partner that feeds jigsaw tiles to the online network gets a jigsaw head of the instance head's kind.
-    args.jigsaw_head = args.instance_head if hasattr(PARTNERS[args.partner], "extra_input") else "none"
+    extra_input = hasattr(PARTNERS[args.partner], "extra_input")
+    args.jigsaw_head = args.instance_head if extra_input else "none"
+    # What only the loader path builds: a partner's extra input, a recipe's RandAugment.
+    loader_only = ([f"the {args.partner} partner's jigsaw tiles"] if extra_input else []) + (
+        [] if covers(recipe_for(args.aug, args.image_size)) else [f"the {args.aug} augmentation (RandAugment)"])
+    args.data_path = args.data_path or ("loader" if args.dataset in FOLDER_DATASETS or loader_only else "device")
+    if args.data_path == "device" and args.dataset in FOLDER_DATASETS:
+        p.error(f"--data-path device needs an in-memory array dataset; {args.dataset} is read from image files: "
+                "use --data-path loader")
+    if args.data_path == "device" and loader_only:
+        p.error(f"--data-path device cannot build {' or '.join(loader_only)} on the device: use --data-path loader")
     if args.sources["warmup_epochs"] == "flag" and args.warmup_epochs > args.epochs:  # a recipe's 5 fits any run
         p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
     check_args(p, args)
@@ -147,7 +172,7 @@ RANGES = {
     "bank_momentum": BELOW_ONE, "moco_momentum": BELOW_ONE, "lam": NON_NEGATIVE, "clusters": POSITIVE,
     "cld_t": POSITIVE, "kmeans_iters": POSITIVE, "workers": NON_NEGATIVE, "seed": SEED, "knn_every": NON_NEGATIVE,
     "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
-    "beta": Range(0, 1, text="in [0, 1]"),
+    "sync_every": POSITIVE, "beta": Range(0, 1, text="in [0, 1]"),
 }
 
 
@@ -174,8 +199,9 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
     no optimizer step, no partner update (bank rows, key encoder, queue), and the BatchNorm statistics its
     forward passes moved are put back; only an fp16 GradScaler lowers its scale, as it must to recover.
     Every process takes the same decision: the flag is all-reduced together with stop_requested (this
-    process caught a signal), one collective and one host sync per step.
-    Returns (metrics [4], whether the step was applied, whether any process asked to stop).
+    process caught a signal), one collective per step. The decision stays on the device (optimizer,
+    statistics and partner keep or drop their update with it), so the host never waits for the step.
+    Returns (metrics [4], applied [] bool, any process asked to stop [] bool), all on the device.
     """
     volatile = batchnorm_buffers(raw_model) + batchnorm_buffers(partner)   # what a forward pass moves
     saved = [buffer.clone() for buffer in volatile]
@@ -194,19 +220,54 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
     # in a forward pass whose loss BatchNorm itself kept finite.
     statistics = torch.cat([buffer.flatten() for buffer in volatile if buffer.is_floating_point()] or [grad_norm[None]])
     bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm) & torch.isfinite(statistics).all())
-    flags = dist.all_reduce_sum(torch.stack([bad.float(), torch.tensor(float(stop_requested), device=bad.device)]))
-    any_bad, any_stop = (value > 0 for value in flags.tolist())
-    if any_bad:
-        with torch.no_grad():
-            for buffer, value in zip(volatile, saved):
-                buffer.copy_(value)
-        optimizer.zero_grad(set_to_none=True)
-    else:
-        scaler.step(optimizer)
-        partner.update(raw_model, pending)  # bank, key encoder, queue: after the step, outside autograd
+    stop_flag = torch.full((), float(stop_requested), device=bad.device)  # a fill, not a copy from the host
+    flags = dist.all_reduce_sum(torch.stack([bad.float(), stop_flag]))
+    skip, any_stop = flags[0] > 0, flags[1] > 0
+    with torch.no_grad():
+        for buffer, value in zip(volatile, saved):
+            buffer.copy_(torch.where(skip, value, buffer))
+    step_unless(optimizer, skip)
+    optimizer.zero_grad(set_to_none=True)
+    partner.update(raw_model, pending, ~skip)  # bank, key encoder, queue: after the step, outside autograd
     scaler.update()
     metrics = torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
-    return metrics, not any_bad, any_stop
+    return metrics, ~skip, any_stop
+
+
+def step_unless(optimizer, skip):
+    """optimizer.step(), undone where skip (a bool tensor []) is True, without reading skip on the host.
+
+    A fused optimizer takes the flag itself, as found_inf (how GradScaler skips steps without a sync).
+    Any other steps and is then put back tensor by tensor; optimizer state the step created (the first
+    step's momentum buffers) is left at zero, which for SGD without dampening is the same as none."""
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        start_momentum_at_zero(optimizer)
+        optimizer.found_inf = skip.float()
+        optimizer.step()
+        del optimizer.found_inf
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    old_params = [p.detach().clone() for p in params]
+    old_state = {p: {k: v.clone() for k, v in state.items() if torch.is_tensor(v)} for p, state in optimizer.state.items()}
+    optimizer.step()
+    with torch.no_grad():
+        for p, old in zip(params, old_params):
+            p.copy_(torch.where(skip, old, p))
+        for p, state in optimizer.state.items():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    old = old_state.get(p, {}).get(key)
+                    value.copy_(torch.where(skip, torch.zeros_like(value) if old is None else old, value))
+
+
+def start_momentum_at_zero(optimizer):
+    """Fused SGD allocates its momentum buffers uninitialised (empty_like) on its first step and keeps them
+    when that step is skipped; a zero buffer instead gives the same first step (momentum * 0 + gradient)."""
+    for group in optimizer.param_groups:
+        if group.get("momentum") and not group.get("dampening"):
+            for p in group["params"]:
+                if p.grad is not None and "momentum_buffer" not in optimizer.state[p]:
+                    optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 def batchnorm_buffers(module):
@@ -276,12 +337,13 @@ def check_run(args, world):
 
 
 def make_data(args, views, rank, world, device):
-    """(loader of `views` augmented views per image, its sampler, kNN bank set, kNN test set)."""
+    """(batches of `views` augmented views per image: a DataLoader or DeviceBatches, their sampler, kNN bank
+    set, kNN test set)."""
     info = dataset_info(args.dataset)
     extra = getattr(PARTNERS[args.partner], "extra_input", None)  # e.g. InfoMin's jigsaw tiles
     augment = MultiView(train_transform(info, args.aug, args.erasing, args.image_size), views,
                         extra and extra(info, args.image_size))
-    pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment)
+    pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment if args.data_path == "loader" else None)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
     check_images(args, image_files(pretrain_set) + image_files(knn_test), rank, world)
@@ -290,6 +352,10 @@ def make_data(args, views, rank, world, device):
     sampler = EpochSampler(len(pretrain_set), args.batch_size // world, rank, world, args.seed)
     if sampler.steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")
+    if args.data_path == "device":
+        batches = DeviceBatches.build(pretrain_set, sampler, recipe_for(args.aug, args.image_size), args.erasing, info,
+                                      args.image_size, views, args.seed, rank, device)
+        return batches, sampler, knn_train, knn_test
     loader = DataLoader(pretrain_set, batch_size=args.batch_size // world, sampler=sampler, num_workers=args.workers,
                         pin_memory=device.type == "cuda", drop_last=True, generator=torch.Generator(),
                         worker_init_fn=signals.ignore_stop_signals)  # the main process decides
@@ -326,7 +392,7 @@ def make_network(args, spec, partner_class, dataset_size, world, device):
     if args.sync_bn and world > 1:  # after the key encoder's copy: it keeps plain BN and Shuffle-BN
         raw_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(raw_model)
     optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr * args.batch_size / 128, momentum=args.momentum,
-                                weight_decay=args.wd)
+                                weight_decay=args.wd, fused=True)  # fused: skips a bad step on the device
     precision = resolved_config(args, world)["precision"]
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
                 if precision in ("bf16", "fp16") else contextlib.nullcontext())
@@ -465,7 +531,7 @@ class Run:
     world: int
     device: torch.device
     spec: NetworkSpec
-    loader: DataLoader
+    loader: object                  # a DataLoader or DeviceBatches (--data-path)
     sampler: EpochSampler
     knn_train: torch.utils.data.Dataset
     knn_test: torch.utils.data.Dataset
@@ -505,8 +571,8 @@ class Progress:
 
 
 class StopSignal:
-    """SIGINT / SIGTERM set a flag; the step shares it with every process, so that all of them finish the
-    same step, save and exit with 128 + the signal."""
+    """SIGINT / SIGTERM set a flag; the next step shares it with every process, and at the next step the
+    loop reads its counters (--sync-every) all of them save and exit with 128 + the signal."""
 
     def __init__(self):
         self.received = []
@@ -536,33 +602,33 @@ def save(run, progress, path):
 
 def train_epoch(run, progress, stop, last_good):
     """The rest of progress.epoch, step by step; saves and exits on a signal, or after --max-bad-steps
-    non-finite steps in a row. Returns the last lr."""
+    non-finite steps in a row. The host reads how the steps went only every --sync-every steps and at the
+    end of the epoch (a signal and a run of bad steps are acted on there). Returns the last lr."""
     args, steps = run.args, run.sampler.steps_per_epoch
+    every = args.sync_every or (20 if run.device.type == "cuda" else 1)
     peak_lr = args.lr * args.batch_size / 128
     run.model.train()
     run.sampler.set_epoch(progress.epoch, progress.step)
-    run.loader.generator.manual_seed(hash((args.seed, run.rank, progress.epoch)) & 0xFFFFFFFF)  # replays workers' seeds
     lr = lr_at(progress.epoch * steps + progress.step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
-    batches = signals.start_workers(run.loader)  # workers that leave SIGINT / SIGTERM to this process
-    bar = tqdm(batches, total=steps, initial=progress.step, desc=f"epoch {progress.epoch + 1}/{args.epochs}",
-               disable=run.rank != 0, leave=False, dynamic_ncols=True)
-    for step, (views, _, indices) in enumerate(bar, start=progress.step):
+    bar = tqdm(epoch_batches(run, progress.epoch), total=steps, initial=progress.step,
+               desc=f"epoch {progress.epoch + 1}/{args.epochs}", disable=run.rank != 0, leave=False, dynamic_ncols=True)
+    counts = StepCounts(progress, run.device)
+    for step, (views, indices) in enumerate(bar, start=progress.step):
         global_step = progress.epoch * steps + step
         lr = lr_at(global_step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        views = [v.to(run.device, non_blocking=True) for v in views]
-        metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views,
-                                                indices.to(run.device, non_blocking=True), global_step,
-                                                run.optimizer, run.scaler, run.autocast, bool(stop))
+        views = [v.contiguous(memory_format=LAYOUT) if v.dim() == 4 else v for v in views]  # not jigsaw tiles [B,T,C,h,w]
+        metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views, indices,
+                                                global_step, run.optimizer, run.scaler, run.autocast, bool(stop))
         progress.step = step + 1
-        if applied:
-            progress.sums += metrics
-            progress.bad_streak = 0
-        else:
-            progress.skipped, progress.bad_streak = progress.skipped + 1, progress.bad_streak + 1
-        if step % 10 == 0:
-            bar.set_postfix(loss=f"{progress.sums[0].item() / max(1, step + 1 - progress.skipped):.3f}", lr=f"{lr:.4f}")
+        progress.sums += torch.where(applied, metrics, 0.0)
+        counts.add(applied, stopping, global_step, args.max_bad_steps)
+        if progress.step % every and progress.step < steps:
+            continue
+        # ---- the host reads the counters: one wait for the device per --sync-every steps
+        stopping, tripped = counts.read(progress)
+        bar.set_postfix(loss=f"{progress.sums[0].item() / max(1, step + 1 - progress.skipped):.3f}", lr=f"{lr:.4f}")
         if stopping:
             save(run, progress, os.path.join(args.out, "last.pth"))
             if run.rank == 0:
@@ -570,16 +636,48 @@ def train_epoch(run, progress, stop, last_good):
                       f"resume with --resume {args.out}/last.pth", file=sys.stderr)
             dist.cleanup()
             sys.exit(stop.exit_code())
-        if progress.bad_streak >= args.max_bad_steps:  # the same count on every process
+        if tripped is not None:  # the same step on every process: the counts come from all-reduced flags
             bar.close()
+            at = lr_at(tripped, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
             if run.rank == 0:
-                print(f"error: {progress.bad_streak} steps in a row had a non-finite loss, gradient or BatchNorm statistic "
-                      f"(epoch {progress.epoch + 1}/{args.epochs}, step {step + 1} of {steps}, lr {lr:.4g}), each skipped; "
-                      f"stopped: {last_good}; "
+                print(f"error: {args.max_bad_steps} steps in a row had a non-finite loss, gradient or BatchNorm "
+                      f"statistic (epoch {tripped // steps + 1}/{args.epochs}, step {tripped % steps + 1} of {steps}, "
+                      f"lr {at:.4g}), each skipped; stopped: {last_good}; "
                       f"lower --lr or raise --max-bad-steps", file=sys.stderr)
             dist.cleanup()
             sys.exit(1)
     return lr
+
+
+def epoch_batches(run, epoch):
+    """The rest of the epoch's (views, indices), on the training device."""
+    if isinstance(run.loader, DeviceBatches):
+        return iter(run.loader)
+    run.loader.generator.manual_seed(hash((run.args.seed, run.rank, epoch)) & 0xFFFFFFFF)  # replays workers' seeds
+    batches = signals.start_workers(run.loader)  # workers that leave SIGINT / SIGTERM to this process
+    return (([v.to(run.device, non_blocking=True) for v in views], indices.to(run.device, non_blocking=True))
+            for views, _, indices in batches)
+
+
+class StepCounts:
+    """What the loop must know of its steps, counted on the device: steps skipped this epoch, bad steps in a
+    row, the first global step at which that run reached --max-bad-steps (-1: none yet), whether any
+    process asked to stop. The host reads them with read(), once per --sync-every steps."""
+
+    def __init__(self, progress, device):
+        self.values = torch.tensor([progress.skipped, progress.bad_streak, -1, 0], device=device)
+
+    def add(self, applied, stopping, global_step, max_bad_steps):
+        skipped, streak, tripped, stop = self.values.unbind()
+        bad = (~applied).long()
+        streak = (streak + 1) * bad
+        tripped = torch.where((tripped < 0) & (streak >= max_bad_steps), global_step, tripped)
+        self.values = torch.stack([skipped + bad, streak, tripped, stop | stopping.long()])
+
+    def read(self, progress):
+        """Copies the counts into progress -> (stop, the step the bad run reached the limit at, or None)."""
+        progress.skipped, progress.bad_streak, tripped, stop = self.values.tolist()
+        return bool(stop), (tripped if tripped >= 0 else None)
 
 
 def epoch_record(run, progress, lr, steps_run, train_seconds):
@@ -606,8 +704,10 @@ def main(args):
     partner_class = PARTNERS[args.partner]
 
     # ---- data, network, partner, CLD term, optimiser
-    loader, sampler, knn_train, knn_test = make_data(args, partner_class.views, rank, world, device)
+    batches, sampler, knn_train, knn_test = make_data(args, partner_class.views, rank, world, device)
     raw_model, partner, optimizer, scaler, autocast = make_network(args, spec, partner_class, sampler.size, world, device)
+    raw_model.to(memory_format=LAYOUT)  # in place: the optimizer keeps its parameters
+    partner.to(memory_format=LAYOUT)
     cld = make_cross_level(args)
 
     # ---- where to start: a checkpoint's position, or the beginning
@@ -620,7 +720,7 @@ def main(args):
                                         find_unused_parameters=args.lam == 0)
     seed_processes(args, rank, world, ckpt)
     claim_run_folder(args, rank, world, ckpt, progress)
-    run = Run(args, rank, world, device, spec, loader, sampler, knn_train, knn_test, model, raw_model, partner, cld,
+    run = Run(args, rank, world, device, spec, batches, sampler, knn_train, knn_test, model, raw_model, partner, cld,
               optimizer, scaler, autocast)
     stop = StopSignal()
     last_good = f"{args.resume} is untouched" if args.resume else "no checkpoint was written"

@@ -3,7 +3,7 @@
 # experiments/summarise.py into experiments/results.md and experiments/results.jsonl.
 #
 # Usage: bash experiments/seeds.sh [block ...]
-#   blocks: quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco   (default: all, in that order)
+#   blocks: quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco datapath   (default: all, in that order)
 # Environment: PY (python), RUNS (run folders, default runs/), SEEDS (default "0 1 2"),
 #   JOBS (trainings at once, default 2; the two-process gather block always runs one at a time),
 #   FMNIST (Fashion-MNIST folder), OMP_NUM_THREADS (default 1).
@@ -136,6 +136,27 @@ block_gather() {
   done
 }
 
-for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco}; do "block_${block//-/_}"; done
+# (g) The two data paths, --data-path loader (PIL in a DataLoader) vs device (lib/batch_augment.py), NPID+CLD
+# on the quick start (a) and on the Fashion-MNIST 10k block (b). Each seed's two runs start together and the
+# next pair waits for both, so that the two paths share the machine alike (the loader run ends alone).
+block_datapath() {
+  fmnist_subset
+  for s in $SEEDS; do
+    for path in loader device; do
+      train "dpquick_${path}_s$s" --dataset digits --arch resnet20 --epochs 30 --batch-size 128 --clusters 10 \
+        --workers 0 --knn-every 10 --data-path "$path" --seed "$s"
+    done
+    wait
+  done
+  for s in $SEEDS; do
+    for path in loader device; do
+      train "dpfmnist_${path}_s$s" "${FM[@]}" --epochs "$FM_EPOCHS" --knn-every 0 --subset "$RUNS/fmnist_10k.json" \
+        --data-path "$path" --seed "$s"
+    done
+    wait
+  done
+}
+
+for block in ${@:-quick fmnist fmnist-lt fmnist-hc digits-moco gather fmnist-moco datapath}; do "block_${block//-/_}"; done
 wait
 $PY experiments/summarise.py --runs "$RUNS"

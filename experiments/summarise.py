@@ -7,7 +7,7 @@ per-seed values, budget, wall time, command) and experiments/results.jsonl (one 
 run, then one per comparison). Runs that did not finish are listed as not run. Nothing is hard-coded
 but the names of the comparisons and arms.
 
-    python experiments/summarise.py --runs runs [--out experiments/results]
+    python experiments/summarise.py --runs runs [more run folders] [--out experiments/results]
 """
 import argparse
 import json
@@ -28,6 +28,10 @@ COMPARISONS = {
     "fmnistmoco": ("Fashion-MNIST, balanced 10k subset, MoCo vs MoCo+CLD", "base", "cld", "MoCo", "MoCo+CLD"),
     "gather": ("digits MoCo+CLD on 2 processes: groups per process vs --gather-groups", "perproc", "gathered",
                "per process", "--gather-groups"),
+    "dpquick": ("digits, the README quick start (NPID+CLD): --data-path loader vs device", "loader", "device",
+                "loader", "device"),
+    "dpfmnist": ("Fashion-MNIST, balanced 10k subset (NPID+CLD): --data-path loader vs device", "loader", "device",
+                 "loader", "device"),
 }
 RUN_NAME = re.compile(r"^(?P<comp>[a-z]+)_(?P<arm>[a-z]+)_s(?P<seed>\d+)$")
 
@@ -138,17 +142,19 @@ def untrained_digits():
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--runs", default="runs")
+    p.add_argument("--runs", nargs="+", default=["runs"], help="folders of run folders (a run in a later one wins)")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     p.add_argument("--seeds", default="0,1,2", help="the seeds every comparison should have")
     args = p.parse_args()
     want = [int(s) for s in args.seeds.split(",")]
 
-    runs = {}
-    for entry in sorted(os.listdir(args.runs)):
-        m = RUN_NAME.match(entry)
-        if m and os.path.isdir(os.path.join(args.runs, entry)) and m["comp"] in COMPARISONS:
-            runs[(m["comp"], m["arm"], int(m["seed"]))] = read_run(args.runs, entry)
+    runs, folder_of = {}, {}
+    for folder in args.runs:
+        for entry in sorted(os.listdir(folder)):
+            m = RUN_NAME.match(entry)
+            if m and os.path.isdir(os.path.join(folder, entry)) and m["comp"] in COMPARISONS:
+                runs[(m["comp"], m["arm"], int(m["seed"]))] = read_run(folder, entry)
+                folder_of[entry] = folder
 
     rows, records, missing = [], [], []
     for comp, (title, arm_b, arm_c, label_b, label_c) in COMPARISONS.items():
@@ -177,12 +183,15 @@ def main():
                     record["conclusion"] = v
             rows.append((comp, title, v))
 
-    # Elapsed time of the whole set: from the earliest start (end time of a run's .wall file minus its wall
+    # Elapsed time of each folder's set: from the earliest start (end time of a run's .wall file minus its wall
     # time) to the latest end, and the sum of the runs' wall times.
-    spans = [(os.path.getmtime(os.path.join(args.runs, r["name"] + ".wall")), r["wall_s"])
-             for r in runs.values() if r and r.get("wall_s") is not None]
-    elapsed = (max(end for end, _ in spans) - min(end - wall for end, wall in spans)) if spans else None
-    total = sum(wall for _, wall in spans)
+    sets = []
+    for folder in args.runs:
+        spans = [(os.path.getmtime(os.path.join(folder, r["name"] + ".wall")), r["wall_s"])
+                 for r in runs.values() if r and r.get("wall_s") is not None and folder_of[r["name"]] == folder]
+        if spans:
+            sets.append((folder, len(spans), max(end for end, _ in spans) - min(end - wall for end, wall in spans),
+                         sum(wall for _, wall in spans)))
 
     untrained = untrained_digits()
     with open(args.out + ".jsonl", "w") as f:
@@ -198,7 +207,8 @@ def main():
                            allow_nan=False) + "\n")
 
     lines = ["# Seeded CPU comparisons", "",
-             f"Written by `experiments/summarise.py --runs {args.runs}` from the run folders of `experiments/seeds.sh`. "
+             f"Written by `experiments/summarise.py --runs {' '.join(args.runs)}` from the run folders of "
+             "`experiments/seeds.sh`. "
              "kNN top-1 / top-5 (%) of the last epoch on the test set, k 200, sigma = T_I. "
              "mean ± sample std (ddof 1) over seeds; per-seed values in seed order. Wall time: seconds per run, "
              "measured with OMP_NUM_THREADS=1 on a shared 2-core machine, two runs at a time (the 2-process runs alone).",
@@ -228,8 +238,8 @@ def main():
         lines += ["", "Group accuracy (%, mean ± std) in the 2-process runs: " + "; ".join(
             f"{r['arm']} {fmt(100 * r['group_acc']['mean'], 100 * r['group_acc']['std'] if r['group_acc']['std'] is not None else None)}"
             for r in records if r["comparison"] == "gather")]
-    if elapsed is not None:
-        lines += ["", f"{len(spans)} runs; from the first start to the last end {elapsed / 60:.0f} minutes, "
+    for folder, count, elapsed, total in sets:
+        lines += ["", f"{folder}: {count} runs; from the first start to the last end {elapsed / 60:.0f} minutes, "
                   f"sum of the runs' wall times {total / 60:.0f} minutes."]
     lines += ["", f"Untrained ResNet-20 on digits (weights of `torch.manual_seed(0)`, as "
               f"`tests/test_train.py::test_training_beats_the_untrained_network`): top-1 {untrained[0]:.1f}, "

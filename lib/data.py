@@ -57,6 +57,8 @@ INFO = {
     "synthetic": DatasetInfo(3, 32, CIFAR_MEAN, CIFAR_STD, "resnet18_cifar"),
 }
 DATASET_NAMES = tuple(INFO)
+# Read image by image from files; every other dataset is one uint8 array in memory.
+FOLDER_DATASETS = ("imagefolder", "imagenet", "imagenet100", "kitchen-hc")
 SPLITS = ("pretrain", "train", "test")
 # The 100 classes of CMC's ImageNet-100, as the CLD authors ship them: one line of wnids.
 IMAGENET100_LIST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data",
@@ -516,7 +518,7 @@ def load_dataset(name, root, split, transform=None):
                            f"and pass that folder as root")
     if not os.path.isdir(root):
         raise DatasetError(f"{name}: data folder {root} does not exist; {HINTS[name]}")
-    if name in ("imagefolder", "imagenet", "imagenet100", "kitchen-hc"):
+    if name in FOLDER_DATASETS:
         dataset = load_folder(name, root, split)
         dataset.transform = transform
         return dataset

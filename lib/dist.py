@@ -53,7 +53,9 @@ def all_gather(x):
     """[B, ...] on every rank -> [world * B, ...] in rank order, no gradient. B must match across ranks."""
     if not is_distributed():
         return x
-    out = [torch.empty_like(x) for _ in range(world_size())]
+    # Plain row-major buffers on both sides: a collective copies bytes, and a channels-last x would otherwise
+    # be sent in one layout and read back in another.
+    out = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out)
 
@@ -104,7 +106,7 @@ def all_gather_with_grad(x):
     exact gradient with respect to its own rows."""
     if not is_distributed():
         return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
+    parts = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(world_size())]
     dist.all_gather(parts, x.detach().contiguous())
     parts[rank()] = x
     return torch.cat(parts)

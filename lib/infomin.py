@@ -55,10 +55,11 @@ class InfoMin(MomentumEncoder):
         queue[slots] = keys
         return queue
 
-    def update(self, model, keys):
+    @torch.no_grad()
+    def update(self, model, keys, applied=None):
         """After the optimizer step: the key encoder's EMA, then the keys into the queue, once (twice with
-        enqueue_twice, the authors' two contrast() calls)."""
-        super().update(model, keys)
+        enqueue_twice, the authors' two contrast() calls); nothing where applied is a False tensor."""
+        super().update(model, keys, applied)
         if self.enqueue_twice:
-            self.enqueue(keys)
+            self.enqueue(keys, applied)
 

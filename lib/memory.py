@@ -5,7 +5,11 @@ Every partner (this one, lib/moco.py, ...) has the same face, which is all train
   build(model, config, size)     the partner for a run's config (a dict) and its training set size;
   loss(queries, views, indices)  the instance loss of the online f_I of the first two views, computed
                                  inside the step's autocast, and what update() will need;
-  update(model, pending)         after the optimizer step, outside autograd: bank rows, EMA, queue;
+  update(model, pending, applied)  after the optimizer step, outside autograd: bank rows, EMA, queue;
+                                 applied is a bool tensor [] on the step's device, False when every
+                                 process skipped the step (a non-finite value): then nothing may change.
+                                 It is never read on the host (no sync per step): the update is computed
+                                 and kept or dropped with torch.where. None: always applied;
   state_dict() / load_state_dict()  everything the checkpoint must hold (an nn.Module's).
 Optional (lib/infomin.py): online_views, the indices of the views the online network sees (default
 (0, 1)), whose f_I all reach loss(); extra_input, (dataset info, size) -> a transform of each image
@@ -43,13 +47,14 @@ class MemoryBank(nn.Module):
         loss = sum(npid_loss(q, indices, self, self.temperature) for q in queries) / len(queries)
         return loss, (indices, [q.detach() for q in queries])
 
-    def update(self, model, pending):
+    def update(self, model, pending, applied=None):
         indices, features = pending
-        self.write(indices, *features)
+        self.write(indices, *features, applied=applied)
 
     @torch.no_grad()
-    def write(self, indices, *views):
-        """V[i] <- normalise(m V[i] + (1 - m) f(x_i)), once per view in order.
+    def write(self, indices, *views, applied=None):
+        """V[i] <- normalise(m V[i] + (1 - m) f(x_i)), once per view in order; where applied is a False
+        tensor, V[i] stays.
 
         Indices and features are gathered from every process first, so all processes apply the same
         update and hold identical banks. indices: [B] long; each view: [B, dim]. Indices within one
@@ -58,5 +63,6 @@ class MemoryBank(nn.Module):
         indices = dist.all_gather(indices)                     # [world * B]
         for features in views:
             features = dist.all_gather(features.float())       # [world * B, dim]
-            mixed = self.momentum * self.bank[indices] + (1 - self.momentum) * features
-            self.bank[indices] = F.normalize(mixed, dim=1)
+            old = self.bank[indices]
+            new = F.normalize(self.momentum * old + (1 - self.momentum) * features, dim=1)
+            self.bank[indices] = new if applied is None else torch.where(applied, new, old)

@@ -45,19 +45,28 @@ class MomentumEncoder(nn.Module):
         return loss, keys
 
     @torch.no_grad()
-    def update(self, model, keys):
+    def update(self, model, keys, applied=None):
         """After the optimizer step: move the key encoder towards the online network, then enqueue
-        this step's keys (gathered from every process), so both query losses saw the old queue."""
-        for key_param, param in zip(self.encoder.parameters(), model.parameters()):
-            key_param.mul_(self.momentum).add_(param.detach(), alpha=1 - self.momentum)
-        self.enqueue(keys)
+        this step's keys (gathered from every process), so both query losses saw the old queue.
+        Where applied is a False tensor, encoder, queue and pointer stay as they are."""
+        applied = torch.ones((), dtype=torch.bool, device=keys.device) if applied is None else applied
+        # A skipped step moves with momentum 1: k * 1 + p * 0 == k, p being the finite weights of a good state.
+        momentum = torch.where(applied, self.momentum, 1.0)
+        key_params = list(self.encoder.parameters())
+        torch._foreach_mul_(key_params, momentum)
+        torch._foreach_add_(key_params, torch._foreach_mul([p.detach() for p in model.parameters()], 1 - momentum))
+        self.enqueue(keys, applied)
 
     @torch.no_grad()
-    def enqueue(self, keys):
+    def enqueue(self, keys, applied=None):
+        """Write keys [B, dim] (gathered) into the oldest slots; nothing where applied is a False tensor."""
         keys = dist.all_gather(keys.float())                                             # [world * B, dim]
         slots = (self.ptr + torch.arange(len(keys), device=keys.device)) % len(self.queue)
+        if applied is not None:
+            keys = torch.where(applied, keys, self.queue[slots])
         self.queue[slots] = keys                                                         # oldest keys go first
-        self.ptr.copy_((self.ptr + len(keys)) % len(self.queue))
+        moved = len(keys) if applied is None else len(keys) * applied.long()
+        self.ptr.copy_((self.ptr + moved) % len(self.queue))
 
 
 @torch.no_grad()

@@ -20,10 +20,14 @@ class EpochSampler(Sampler):
     def set_epoch(self, epoch, start_step=0):
         self.epoch, self.start_step = epoch, start_step
 
-    def __iter__(self):
+    def indices(self):
+        """This process's images for the rest of the epoch, in step order: [(steps - start_step) * batch] long."""
         perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         mine = perm[: self.steps_per_epoch * self.batch * self.world][self.rank::self.world]
-        return iter(mine[self.start_step * self.batch:].tolist())
+        return mine[self.start_step * self.batch:]
+
+    def __iter__(self):
+        return iter(self.indices().tolist())
 
     def __len__(self):
         return (self.steps_per_epoch - self.start_step) * self.batch

@@ -6,12 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from lib.cluster import grouping
 from lib.losses import cld_terms
 from lib.memory import MemoryBank
 from lib.models import CLDNet
+from tests.common import states_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -91,11 +93,16 @@ def test_two_process_moco_cld_with_gathered_groups(tmp_path):
     assert 0 < record["group_acc"] <= 1 and 0 <= record["knn_top1"] <= 100
 
 
-def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
-    """Stopped after step 5 of 11, resumed: the epoch's logged means equal the uninterrupted run's, which
-    needs each process's partial sums back, not process 0's on both."""
+@pytest.mark.parametrize("data_path,sync_every,stopped_at", [("loader", 1, 5), ("device", 3, 6)])
+def test_two_process_resume_is_bit_exact_and_restores_each_process_its_own_sums(data_path, sync_every, stopped_at,
+                                                                                 tmp_path):
+    """Process 0 catches SIGTERM during step 5 of 11; the next step carries it, and the processes read it at
+    the next --sync-every step, save and stop. Resumed, the run ends in exactly the uninterrupted run's
+    state, and the epoch's logged means equal its, which needs each process's partial sums back, not
+    process 0's on both."""
     tiny = ["--dataset", "digits", "--arch", "resnet20", "--epochs", "1", "--batch-size", "128", "--clusters", "10",
-            "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
+            "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0", "--data-path", data_path,
+            "--sync-every", str(sync_every)]
     r = torchrun("tests/dist_worker.py", *tiny, "--out", str(tmp_path / "whole"))
     assert r.returncode == 0, r.stderr[-3000:]
     stopped = tmp_path / "stopped"
@@ -103,9 +110,10 @@ def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                         "tests/dist_stop_worker.py", *tiny, "--out", str(stopped)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode != 0 and "stopped by signal in epoch 1/1 after step 5 of 11" in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 0 and f"stopped by signal in epoch 1/1 after step {stopped_at} of 11" in r.stderr, \
+        r.stderr[-3000:]
     saved = torch.load(stopped / "last.pth", weights_only=True)
-    assert saved["step"] == 5 and saved["sums"].shape == (2, 4)
+    assert saved["step"] == stopped_at and saved["sums"].shape == (2, 4)
     assert not torch.equal(saved["sums"][0], saved["sums"][1])  # each process saw other images
     r = torchrun("train_cld.py", *tiny, "--resume", str(stopped / "last.pth"), "--out", str(stopped))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -113,6 +121,9 @@ def test_two_process_resume_restores_each_process_its_own_sums(tmp_path):
     resumed = json.loads((stopped / "metrics.jsonl").read_text())
     for key in ("loss", "loss_ins", "loss_cld", "group_acc"):
         assert resumed[key] == whole[key], key
+    a, b = (torch.load(run / "last.pth", weights_only=True) for run in (tmp_path / "whole", stopped))
+    for key in ("model", "memory", "optimizer"):
+        assert states_equal(a[key], b[key]), key
 
 
 def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):

@@ -348,7 +348,7 @@ def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, 
     """SLURM's preemption (SIGTERM) and Ctrl-C (SIGINT) reach the workers too; they must leave it to the
     main process, which saves at the current step and exits with 128 + the signal."""
     out = tmp_path / "run"
-    argv = [*TINY, "--workers", "2", "--epochs", "2", "--knn-every", "1"]
+    argv = [*TINY, "--data-path", "loader", "--workers", "2", "--epochs", "2", "--knn-every", "1"]
     proc = subprocess.Popen([sys.executable, "train_cld.py", *argv, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -201,6 +201,15 @@ def test_randaugment_on_grey_images_fills_with_one_value():
         assert op(img).mode == "L"
 
 
+def test_only_the_loader_path_builds_the_infomin_recipe():
+    from lib.augment import RECIPES
+    from lib.batch_augment import covers
+    assert not covers(RECIPES["infomin"])
+    assert all(covers(RECIPES[name]) for name in ("default", "default-imagenet", "aug-plus"))
+    import train_cld
+    assert train_cld.parse_args(["--infomin", "--out", "unused"]).data_path == "loader"
+
+
 # ---------------------------------------------------------------- the preset, two processes, resume
 
 def torchrun(*args):

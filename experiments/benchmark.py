@@ -1,0 +1,378 @@
+"""Throughput of the two data paths and of the training step, each figure measured in this one process so
+that ratios between them hold on a shared, noisy machine. Prints one JSON line per measurement, then a table.
+
+    OMP_NUM_THREADS=1 python experiments/benchmark.py              # CPU: batch 32, 3 steps per figure
+    python experiments/benchmark.py --imagenet                      # GPU: also ResNet-50 at 224 px
+
+Measured:
+- the README quick start's epoch through train_cld.train_epoch on each data path, and its kNN monitor;
+- augmentation alone: views/s of the DataLoader (PIL, --workers 0 and N) and of the device path, at 32 px
+  (CIFAR) and 96 px (STL-10), on random uint8 images;
+- one training step alone (a batch already on the device, the same views every step) vs the end-to-end
+  loop (train_cld.train_epoch over the device path, and over the loader), NPID+CLD and MoCo+CLD, CIFAR
+  ResNet-18 at 32 px with the recipe rows of CIFAR-10 (lib/recipes.py); ResNet-50 at 224 px with
+  --imagenet;
+- the share of a step spent in k-means + the CLD loss (forward and backward) and in the bank / queue update;
+- kNN over a 50k x 10k bank (lib/knn.py): time and peak memory;
+- with --compile (on by default on a GPU): the step with torch.compile'd network.
+Every figure is the best of --repeats runs (the least disturbed one).
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+import warnings
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # train_epoch's progress bar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import train_cld  # noqa: E402
+from lib.augment import MultiView, recipe_for, train_transform  # noqa: E402
+from lib.batch_augment import BatchAugment  # noqa: E402
+from lib.data import ArrayDataset, dataset_info  # noqa: E402
+from lib.device_data import DeviceBatches  # noqa: E402
+from lib.knn import knn_scores  # noqa: E402
+from lib.models import NetworkSpec  # noqa: E402
+from lib.partners import PARTNERS  # noqa: E402
+from lib.sampler import EpochSampler  # noqa: E402
+
+RESULTS = []
+
+
+def emit(**record):
+    RESULTS.append(record)
+    print(json.dumps(record, allow_nan=False), flush=True)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_of(repeats, device, fn):
+    """The shortest wall time of repeats calls of fn, in seconds (the device synchronised around each)."""
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def random_images(n, size, channels=3, seed=0):
+    """uint8 [n, size, size, channels], the layout of ArrayDataset.data (HWC)."""
+    return np.random.RandomState(seed).randint(0, 256, (n, size, size, channels), dtype=np.uint8)
+
+
+# ----------------------------------------------------------------------------- augmentation alone
+
+def bench_augment(args, device):
+    for dataset, size, aug, erasing in (("cifar10", 32, "default", False), ("cifar10", 32, "aug-plus", True),
+                                        ("stl10", 96, "aug-plus", False)):
+        info = dataset_info(dataset)
+        n = args.aug_batch * args.aug_batches
+        data = random_images(n, size)
+        recipe = f"{aug}{' + erasing' if erasing else ''}"
+        transform = MultiView(train_transform(info, aug, erasing, size), 2)
+        sampler = EpochSampler(n, args.aug_batch, 0, 1, 0)
+        for workers in sorted({0, args.workers}):
+            loader = DataLoader(ArrayDataset(data, np.zeros(n), 10, transform), batch_size=args.aug_batch,
+                                sampler=sampler, num_workers=workers, drop_last=True,
+                                pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+            def through_loader():
+                for views, _, _ in loader:
+                    [v.to(device, non_blocking=True) for v in views]
+            through_loader()  # starts the workers (persistent) and warms PIL
+            seconds = best_of(args.repeats, device, through_loader)
+            emit(part="augment", path=f"loader, {workers} workers", size=size, recipe=recipe,
+                 views_per_s=2 * n / seconds, batch=args.aug_batch)
+        batches = DeviceBatches(torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device), sampler,
+                                BatchAugment(recipe_for(aug, size), erasing, info.mean, info.std, size), 2, 0, 0)
+        list(batches)
+        seconds = best_of(args.repeats, device, lambda: list(batches))
+        emit(part="augment", path="device", size=size, recipe=recipe, views_per_s=2 * n / seconds,
+             batch=args.aug_batch)
+
+
+# ----------------------------------------------------------------------------- training steps
+
+# Training-set sizes the NPID bank is built for (its loss scores every row), whatever the images served.
+BANK_ROWS = {32: 50_000, 224: 1_281_167}  # CIFAR, ImageNet
+
+
+def build(args, partner, arch, size, batch, device, data_path, workers=0, compile_model=False):
+    """A train_cld Run over random images: the CIFAR-10 recipe row of the partner at this arch, size and batch;
+    K scaled with the batch (the row's K x batch / 256). steps + 1 batches per epoch; an NPID bank of the real
+    dataset's size (BANK_ROWS), of which the batches touch the first rows."""
+    n = batch * (args.steps + 1)
+    row_k = 128 if partner == "npid" else 200
+    argv = ["--dataset", "synthetic", "--arch", arch, "--image-size", str(size), "--batch-size", str(batch),
+            "--partner", partner, "--clusters", str(max(2, row_k * batch // 256)), "--data-path", data_path,
+            "--workers", str(workers), "--out", tempfile.mkdtemp(prefix="bench-")]
+    run_args = train_cld.parse_args(argv)
+    info = dataset_info("synthetic")
+    spec = NetworkSpec.from_config(vars(run_args), info.channels)
+    data = random_images(n, size)
+    sampler = EpochSampler(n, batch, 0, 1, run_args.seed)
+    views = PARTNERS[partner].views
+    if data_path == "device":
+        source = DeviceBatches(torch.from_numpy(data).permute(0, 3, 1, 2).contiguous().to(device), sampler,
+                               BatchAugment(recipe_for(run_args.aug, size), run_args.erasing, info.mean, info.std,
+                                            size), views, run_args.seed, 0)
+    else:
+        transform = MultiView(train_transform(info, run_args.aug, run_args.erasing, size), views)
+        source = DataLoader(ArrayDataset(data, np.zeros(n), 10, transform), batch_size=batch, sampler=sampler,
+                            num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+                            generator=torch.Generator(), persistent_workers=workers > 0)
+    raw_model, memory, optimizer, scaler, autocast = train_cld.make_network(run_args, spec, PARTNERS[partner],
+                                                                            BANK_ROWS.get(size, n), 1, device)
+    raw_model.to(memory_format=train_cld.LAYOUT)
+    memory.to(memory_format=train_cld.LAYOUT)
+    model = torch.compile(raw_model) if compile_model else raw_model
+    return train_cld.Run(run_args, 0, 1, device, spec, source, sampler, None, None, model, raw_model, memory,
+                         train_cld.make_cross_level(run_args), optimizer, scaler, autocast)
+
+
+def fixed_batch(run):
+    """One batch of the run's views on the device, from the device path (the same augmentation)."""
+    info = dataset_info("synthetic")
+    size, batch = run.args.image_size, run.args.batch_size
+    images = torch.from_numpy(random_images(batch, size, seed=1)).permute(0, 3, 1, 2).contiguous().to(run.device)
+    augment = BatchAugment(recipe_for(run.args.aug, size), run.args.erasing, info.mean, info.std, size)
+    generator = torch.Generator(device=run.device).manual_seed(0)
+    views = [augment(images, generator).contiguous(memory_format=train_cld.LAYOUT)
+             for _ in range(type(run.partner).views)]
+    return views, torch.arange(batch, device=run.device)
+
+
+def steps_alone(run, steps):
+    """steps train_step calls on one fixed batch; returns the number of host syncs seen on CUDA."""
+    views, indices = fixed_batch(run)
+
+    def go():
+        for s in range(steps):
+            train_cld.train_step(run.model, run.raw_model, run.partner, run.cld, views, indices, s, run.optimizer,
+                                 run.scaler, run.autocast)
+    return go
+
+
+def count_syncs(run, steps):
+    """Host synchronisations inside `steps` train_step calls (CUDA's sync debug mode), or None on CPU."""
+    if run.device.type != "cuda":
+        return None
+    go = steps_alone(run, steps)
+    sync(run.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            go()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def end_to_end(run):
+    """One epoch of train_cld.train_epoch (steps + 1 steps; the first one starts the loader's workers)."""
+    def go():
+        progress = train_cld.Progress.start(None, run.device)
+        train_cld.train_epoch(run, progress, [], "")
+    return go
+
+
+def bench_training(args, device, arch, size, batch, partners=("npid", "moco")):
+    steps = args.steps
+    for partner in partners:
+        run = build(args, partner, arch, size, batch, device, "device")
+        alone = steps_alone(run, steps)
+        alone()  # warm-up: allocator, autotuning
+        times = {"step alone": best_of(args.repeats, device, alone) / steps}
+        # train_epoch runs steps + 1 steps; the first, which waits for a loader's first batch, is not counted
+        # apart: the per-step figure is the epoch's time over steps + 1.
+        times["device path, end to end"] = best_of(args.repeats, device, end_to_end(run)) / (steps + 1)
+        syncs = count_syncs(run, steps)
+        for workers in sorted({0, args.workers}):
+            loader_run = build(args, partner, arch, size, batch, device, "loader", workers)
+            times[f"loader, {workers} workers, end to end"] = (
+                best_of(args.repeats, device, end_to_end(loader_run)) / (steps + 1))
+        for path, seconds in times.items():
+            emit(part="step", partner=partner, arch=arch, size=size, batch=batch, path=path,
+                 seconds_per_step=seconds, images_per_s=batch / seconds,
+                 vs_step_alone=seconds / times["step alone"],
+                 **({"host_syncs_in_steps": syncs} if path == "step alone" and syncs is not None else {}))
+        bench_share(args, run, times["step alone"])
+        if args.compile:
+            compiled = build(args, partner, arch, size, batch, device, "device", compile_model=True)
+            go = steps_alone(compiled, steps)
+            start = time.perf_counter()
+            go()
+            sync(device)
+            first = time.perf_counter() - start
+            seconds = best_of(args.repeats, device, go) / steps
+            emit(part="step", partner=partner, arch=arch, size=size, batch=batch, path="step alone, --compile",
+                 seconds_per_step=seconds, images_per_s=batch / seconds, vs_step_alone=seconds / times["step alone"],
+                 first_steps_s=first)
+
+
+def bench_share(args, run, step_seconds):
+    """Seconds per step in k-means + the CLD loss (forward and backward) and in the partner's update, on
+    features of the step's shape, as a share of the whole step."""
+    device, batch, dim = run.device, run.args.batch_size, run.args.dim
+    g = F.normalize(torch.randn(2, batch, dim, device=device), dim=-1).requires_grad_()
+
+    def cld():
+        for s in range(args.steps):
+            loss, _, _ = run.cld(g[0], g[1], s)
+            loss.backward()
+    features = F.normalize(torch.randn(batch, dim, device=device), dim=1)
+    pending = (torch.arange(batch, device=device), [features, features]) if run.args.partner == "npid" else features
+    applied = torch.ones((), dtype=torch.bool, device=device)
+
+    def update():
+        for _ in range(args.steps):
+            run.partner.update(run.raw_model, pending, applied)
+    for name, fn in (("k-means + CLD loss", cld), ("bank / queue update" if run.args.partner == "npid"
+                                                   else "key encoder EMA + queue update", update)):
+        fn()
+        seconds = best_of(args.repeats, device, fn) / args.steps
+        emit(part="share", partner=run.args.partner, arch=run.args.arch, batch=batch, what=name,
+             seconds_per_step=seconds, share_of_step=seconds / step_seconds, clusters=run.args.clusters)
+
+
+# ----------------------------------------------------------------------------- the quick start's epoch
+
+QUICK = ["--dataset", "digits", "--arch", "resnet20", "--epochs", "30", "--batch-size", "128", "--clusters", "10",
+         "--workers", "0", "--knn-every", "10"]
+
+
+def bench_quick(args, device):
+    """One epoch of the README quick start (digits, ResNet-20, batch 128, K 10: 11 steps) through
+    train_cld.train_epoch on each data path, the two alternating --repeats * 2 times; and its kNN monitor."""
+    runs = {}
+    for path in ("loader", "device"):
+        run_args = train_cld.parse_args([*QUICK, "--data-path", path, "--out", tempfile.mkdtemp(prefix="bench-")])
+        batches, sampler, knn_train, knn_test = train_cld.make_data(run_args, 2, 0, 1, device)
+        spec = NetworkSpec.from_config(vars(run_args), 1)
+        raw_model, memory, optimizer, scaler, autocast = train_cld.make_network(
+            run_args, spec, PARTNERS["npid"], sampler.size, 1, device)
+        raw_model.to(memory_format=train_cld.LAYOUT)
+        runs[path] = train_cld.Run(run_args, 0, 1, device, spec, batches, sampler, knn_train, knn_test, raw_model,
+                                   raw_model, memory, train_cld.make_cross_level(run_args), optimizer, scaler, autocast)
+    times = {path: [] for path in runs}
+    for _ in range(2 * args.repeats):
+        for path, run in runs.items():
+            times[path].append(best_of(1, device, end_to_end(run)))
+    for path, seconds in times.items():
+        emit(part="quick", path=path, epoch_seconds_best=min(seconds), epoch_seconds_median=float(np.median(seconds)),
+             epoch_seconds=seconds, vs_loader=min(seconds) / min(times["loader"]))
+    run = runs["device"]
+    knn = best_of(args.repeats, device, lambda: train_cld.knn_eval(run.raw_model.embed, run.knn_train, run.knn_test,
+                                                                   device, 200, run.args.ins_t))
+    emit(part="quick", path="kNN monitor", seconds=knn)
+
+
+# ----------------------------------------------------------------------------- kNN
+
+def bench_knn(args, device):
+    """lib/knn.knn_scores over a 50,000-image bank and 10,000 test images (128-d, 10 classes, k 200)."""
+    train = F.normalize(torch.randn(50_000, 128, device=device), dim=1)
+    test = F.normalize(torch.randn(10_000, 128, device=device), dim=1)
+    labels = torch.randint(0, 10, (50_000,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    seconds = best_of(args.repeats, device, lambda: knn_scores(test, train, labels, 10, k=200, sigma=0.1))
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(device) - base
+        how = "torch.cuda.max_memory_allocated above the inputs"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+        how = "rise of the process's peak resident memory (ru_maxrss), measured first in the process"
+    emit(part="knn", bank=50_000, test=10_000, dim=128, k=200, seconds=seconds, peak_extra_mib=peak / 2**20,
+         memory_measure=how)
+
+
+# ----------------------------------------------------------------------------- report
+
+def table():
+    lines = ["", "| part | what | figure |", "|---|---|---|"]
+    for r in RESULTS:
+        if r["part"] == "augment":
+            lines.append(f"| augmentation, {r['size']} px, {r['recipe']} | {r['path']} | {r['views_per_s']:.0f} views/s |")
+        elif r["part"] == "step":
+            lines.append(f"| {r['partner'].upper()}+CLD step, {r['arch']} {r['size']} px, batch {r['batch']} | "
+                         f"{r['path']} | {r['seconds_per_step'] * 1000:.0f} ms/step, {r['images_per_s']:.0f} img/s, "
+                         f"x{r['vs_step_alone']:.3f} of the step alone |")
+        elif r["part"] == "share":
+            lines.append(f"| {r['partner'].upper()}+CLD, batch {r['batch']}, K {r['clusters']} | {r['what']} | "
+                         f"{r['seconds_per_step'] * 1000:.1f} ms/step, {100 * r['share_of_step']:.1f}% of the step |")
+        elif r["part"] == "quick" and "epoch_seconds" in r:
+            lines.append(f"| quick start epoch (digits, ResNet-20, batch 128, 11 steps) | {r['path']} path | "
+                         f"{r['epoch_seconds_best']:.2f} s best, {r['epoch_seconds_median']:.2f} s median, "
+                         f"x{r['vs_loader']:.2f} of the loader's |")
+        elif r["part"] == "quick":
+            lines.append(f"| quick start kNN monitor (1,437 x 360) | | {r['seconds']:.2f} s |")
+        elif r["part"] == "knn":
+            lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']} | time, peak memory | "
+                         f"{r['seconds']:.2f} s, +{r['peak_extra_mib']:.0f} MiB |")
+    print("\n".join(lines))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    gpu = torch.cuda.is_available()
+    p.add_argument("--batch", type=int, default=256 if gpu else 32, help="training batch (CIFAR ResNet-18)")
+    p.add_argument("--steps", type=int, default=50 if gpu else 3, help="steps per timed figure")
+    p.add_argument("--repeats", type=int, default=3 if gpu else 2, help="each figure is the best of this many")
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="N of the loader's N workers")
+    p.add_argument("--aug-batch", type=int, default=256)
+    p.add_argument("--aug-batches", type=int, default=20 if gpu else 4)
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu, help="also the compiled step")
+    p.add_argument("--imagenet", action="store_true", help="also ResNet-50 at 224 px (batch --imagenet-batch)")
+    p.add_argument("--imagenet-batch", type=int, default=128)
+    p.add_argument("--parts", default="knn,quick,augment,step", help="which parts, comma-separated")
+    args = p.parse_args()
+    device = torch.device("cuda" if gpu else "cpu")
+    parts = args.parts.split(",")
+    emit(part="machine", device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
+         cpu=cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+         omp_num_threads=os.environ.get("OMP_NUM_THREADS"), load_before=os.getloadavg(), torch=torch.__version__,
+         batch=args.batch, steps=args.steps, repeats=args.repeats)
+    if "knn" in parts:  # first: the CPU peak-memory figure is a rise of the process's high-water mark
+        bench_knn(args, device)
+    if "quick" in parts:
+        bench_quick(args, device)
+    if "augment" in parts:
+        bench_augment(args, device)
+    if "step" in parts:
+        bench_training(args, device, "resnet18_cifar", 32, args.batch)
+        if args.imagenet:
+            bench_training(args, device, "resnet50", 224, args.imagenet_batch)
+    emit(part="machine", load_after=os.getloadavg())
+    table()
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return None
+
+
+if __name__ == "__main__":
+    main()
