@@ -35,6 +35,7 @@ from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED, Range
 from lib.cluster import grouping
 from lib.data import (DATASET_NAMES, FOLDER_DATASETS, DatasetError, dataset_info, describe_unreadable, image_files,
                       load_dataset, unreadable_images)
+from lib.batch_augment import covers
 from lib.device_data import DeviceBatches
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
@@ -95,6 +96,12 @@ def parse_args(argv=None):
     p.add_argument("--c2bin-scales", type=int, nargs="+",
                    help="K_s of C2BIN's cluster heads; default C, 2C, 4C for C classes (CIFAR-100: its 20 superclasses)")
     p.add_argument("--c2bin-t", type=float, default=1.0, help="temperature of C2BIN's column contrast")
+    p.add_argument("--infomin", action="store_true",
+                   help="the same as --partner infomin: InfoMin+CLD, MoCo's queue with three crops and a jigsaw branch")
+    p.add_argument("--beta", type=float, default=0.5, help="InfoMin: weight of the jigsaw loss (authors: 0.5)")
+    p.add_argument("--enqueue-twice", action="store_true",
+                   help="InfoMin: the authors' trainer, which enqueues the keys after each query's loss, so the second "
+                        "query meets its own key among the negatives (default: one enqueue after both; README)")
     p.add_argument("--dim", type=int, default=128, help="width of both heads")
     p.add_argument("--ins-t", type=float, help="T_I, the instance temperature, also the kNN sigma; " + FROM_RECIPE)
     p.add_argument("--instance-head", choices=INSTANCE_HEADS, help="byol: BYOL's projector and predictor; " + FROM_RECIPE)
@@ -152,12 +159,13 @@ def parse_args(argv=None):
                    help="stop after this many steps in a row with a non-finite loss, gradient or BatchNorm statistic "
                         "(each such step is skipped)")
     args = p.parse_args(argv)
-    if args.moco:
-        args.partner = "moco"
-    if args.byol or args.c2bin:
-        args.partner = "byol"
+    named = [name for name in ("moco", "byol", "infomin") if getattr(args, name)] + (["byol"] if args.c2bin else [])
+    if len(set(named)) > 1:
+        p.error(f"{' and '.join('--' + name for name in sorted(set(named)))} name different partners; pass one")
+    if named:
+        args.partner = named[0]
     args.moco = args.partner == "moco"  # kept in the config: checkpoints of earlier versions name the partner so
-    args.byol = args.partner == "byol"
+    args.byol, args.infomin = args.partner == "byol", args.partner == "infomin"
     info = dataset_info(args.dataset)
     args.arch = args.arch or info.default_arch
     args.image_size = info.image_size if args.image_size is None else args.image_size  # 0 is refused below, not replaced
@@ -172,10 +180,18 @@ def parse_args(argv=None):
                 f"with --partner {args.partner}")
     if args.group_input == "hidden" and args.instance_head != "byol":
         p.error("--group-input hidden reads BYOL's projector hidden layer: it needs --byol")
-    args.data_path = args.data_path or ("loader" if args.dataset in FOLDER_DATASETS else "device")
+    # A partner that feeds jigsaw tiles to the online network gets a jigsaw head of the instance head's kind.
+    extra_input = hasattr(PARTNERS[args.partner], "extra_input")
+    args.jigsaw_head = args.instance_head if extra_input else "none"
+    # What only the loader path builds: a partner's extra input, a recipe's RandAugment.
+    loader_only = ([f"the {args.partner} partner's jigsaw tiles"] if extra_input else []) + (
+        [] if all(map(covers, view_recipes(args.aug, args.image_size))) else [f"the {args.aug} augmentation (RandAugment)"])
+    args.data_path = args.data_path or ("loader" if args.dataset in FOLDER_DATASETS or loader_only else "device")
     if args.data_path == "device" and args.dataset in FOLDER_DATASETS:
         p.error(f"--data-path device needs an in-memory array dataset; {args.dataset} is read from image files: "
                 "use --data-path loader")
+    if args.data_path == "device" and loader_only:
+        p.error(f"--data-path device cannot build {' or '.join(loader_only)} on the device: use --data-path loader")
     if args.sources["warmup_epochs"] == "flag" and args.warmup_epochs > args.epochs:  # a recipe's 5 fits any run
         p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
     check_args(p, args)
@@ -191,13 +207,13 @@ RANGES = {
     "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
     "lars_eta": POSITIVE, "byol_hidden": POSITIVE, "byol_dim": POSITIVE, "c2bin_scales": Range(2, text="2 or more"),
     "c2bin_t": POSITIVE,
-    "sync_every": POSITIVE,
+    "sync_every": POSITIVE, "beta": Range(0, 1, text="in [0, 1]"),
 }
 
 
 def check_args(p, args):
     """Everything that can be checked before any work starts: ranges, then the paths."""
-    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if args.partner == "moco" else {}),
+    cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if hasattr(PARTNERS[args.partner], "enqueue") else {}),
                                **({"byol_tau": BELOW_ONE} if args.partner == "byol" else {})})
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
@@ -213,7 +229,7 @@ RESUME_STATE = ("memory", "optimizer", "scaler", "epoch", "step", "sums", "rng")
 
 def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, scaler, autocast, stop_requested=False):
     """One optimisation step. views: as many views of each image as the partner needs; the first two go
-    through the online network (CLD runs between them).
+    through the online network (CLD runs between them), and any others the partner's online_views names.
 
     A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing:
     no optimizer step, no partner update (bank rows, key encoder, queue), and the BatchNorm statistics its
@@ -225,9 +241,10 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
     """
     volatile = batchnorm_buffers(raw_model) + batchnorm_buffers(partner)   # what a forward pass moves
     saved = [buffer.clone() for buffer in volatile]
+    online = [views[i] for i in getattr(partner, "online_views", (0, 1))]
     with autocast:
-        (f1, g1), (f2, g2) = model(views[0], views[1])                      # each [B, dim]
-        loss_ins, pending = partner.loss([f1, f2], views, indices)
+        (f1, g1), (f2, g2), *more = model(*online)                          # each [B, dim]
+        loss_ins, pending = partner.loss([f1, f2, *(f for f, _ in more)], views, indices)
         loss_cld, group_acc, grad_scale = cld(g1, g2, step)
         loss = loss_ins + cld.lam * loss_cld
     optimizer.zero_grad(set_to_none=True)
@@ -359,7 +376,9 @@ def make_data(args, views, rank, world, device):
     """(batches of `views` augmented views per image: a DataLoader or DeviceBatches, their sampler, kNN bank
     set, kNN test set)."""
     info = dataset_info(args.dataset)
-    augment = MultiView(view_transforms(info, args.aug, args.erasing, args.image_size), views)
+    extra = getattr(PARTNERS[args.partner], "extra_input", None)  # e.g. InfoMin's jigsaw tiles
+    augment = MultiView(view_transforms(info, args.aug, args.erasing, args.image_size), views,
+                        extra and extra(info, args.image_size))
     pretrain_set = load_dataset(args.dataset, args.data, "pretrain", augment if args.data_path == "loader" else None)
     knn_train = load_dataset(args.dataset, args.data, "train", test_transform(info, args.image_size))
     knn_test = load_dataset(args.dataset, args.data, "test", test_transform(info, args.image_size))
@@ -641,7 +660,7 @@ def train_epoch(run, progress, stop, last_good):
         lr = lr_at(global_step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        views = [v.contiguous(memory_format=LAYOUT) for v in views]
+        views = [v.contiguous(memory_format=LAYOUT) if v.dim() == 4 else v for v in views]  # not jigsaw tiles [B,T,C,h,w]
         metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views, indices,
                                                 global_step, run.optimizer, run.scaler, run.autocast, bool(stop))
         progress.step = step + 1

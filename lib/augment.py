@@ -13,12 +13,14 @@ from dataclasses import dataclass, replace
 from PIL import ImageFilter
 from torchvision import transforms
 
+from lib.infomin_aug import KernelBlur, rand_augment
+
 
 @dataclass(frozen=True)
 class Recipe:
-    """One training augmentation. The ops run in this order: RandomResizedCrop, the colour pair
-    (ColorJitter then RandomGrayscale, or the reverse with grayscale_first), the blur, the
-    solarisation, the flip, then ToTensor and Normalize with the dataset's mean and std."""
+    """One training augmentation. The ops run in `order`; by default RandomResizedCrop, the colour pair
+    (ColorJitter then RandomGrayscale, or the reverse with grayscale_first), the blur, the solarisation,
+    the flip; then always ToTensor and Normalize with the dataset's mean and std."""
     source: str                            # the script and branch this recipe copies
     crop_scale: tuple = (0.2, 1.0)         # RandomResizedCrop: area of the crop / area of the image
     crop_ratio: tuple = (3 / 4, 4 / 3)     # and its aspect ratio range (torchvision's default)
@@ -32,6 +34,11 @@ class Recipe:
     # image size; PIL approximates it with three box blurs)
     flip_p: float = 0.5                    # RandomHorizontalFlip
     solarize_p: float = 0.0                # RandomSolarize after the blur, pixels >= 128 inverted; 0: no op
+    blur_kernel: int = 0                   # 0: the PIL blur above; k > 0: a k-tap Gaussian conv (lib/infomin_aug.py)
+    randaugment: str = ""                  # timm's rand_augment_transform config string; "": none
+    # The op order, by name: "colour" is the jitter/grayscale pair in the order grayscale_first says,
+    # "jitter" and "grey" place them one by one. "blur", "solarize" and "randaugment" are left out when unset.
+    order: tuple = ("crop", "colour", "blur", "solarize", "flip")
 
 
 @dataclass(frozen=True)
@@ -56,6 +63,13 @@ RECIPES = {
     "aug-plus": Recipe(jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5,
                        source="CLD authors' datasets/dataloader.py and main_imagenet_moco_cld.py with "
                               "aug_plus: MoCo v2's (MoCo's main_moco.py --aug-plus)"),
+    # InfoMin's augmentation "D" (the CLD authors' datasets/infomin_datasets.py, build_transforms,
+    # which --method CLD selects in utils/infomin_base_options.py); the crop scale 0.2 is their value for
+    # the MoCo queue (0.08 with a memory bank). The blur is their GaussianBlur(22): 23 taps.
+    "infomin": Recipe(jitter=(0.8, 0.8, 0.8, 0.2), jitter_p=0.8, blur_p=0.5, blur_kernel=23,
+                      randaugment="rand-n2-m10-mstd0.5",
+                      order=("crop", "flip", "jitter", "blur", "randaugment", "grey"),
+                      source="CLD authors' datasets/infomin_datasets.py, build_transforms, aug 'D' (InfoMin's)"),
 }
 # BYOL's asymmetric pair (Grill et al. 2020, Appendix B, Table 6): one recipe per view, the same except
 # for the blur (always / 10%) and the solarisation (never / 20%). Their blur draws sigma from [0.1, 2.0]
@@ -68,21 +82,21 @@ VIEW_RECIPES = {
 }
 # --erasing: datasets/dataloader.py appends transforms.RandomErasing(p=1.0) to either recipe.
 ERASING = Erasing()
-AUG_NAMES = ("default", "aug-plus", "byol")
+AUG_NAMES = ("default", "aug-plus", "byol", "infomin")
 
 
 def recipe_for(name, size):
-    """The Recipe that the augmentation `name` ("default" or "aug-plus") means at a training size.
+    """The Recipe that the augmentation `name` ("default", "aug-plus" or "infomin") means at a training size.
 
     Above 96 px (ImageNet, ImageNet-100, image folders at their 224 px) it follows the authors'
     ImageNet script, at 96 px and below their CIFAR / STL-10 / Kitchen-HC loader (also for an image
     folder trained at 32 px, such as their Kitchen-HC release): the same threshold as test_transform.
     Grey datasets (digits, Fashion-MNIST), which the authors never trained on, take the small-image
     recipe (our choice): on an "L" image the hue and saturation jitter and the grayscale op change
-    nothing.
+    nothing. "infomin" is the same at every size (the authors only ran it at 224 px).
     """
     if name not in AUG_NAMES:
-        raise ValueError(f"unknown augmentation recipe {name!r}; choose {' or '.join(AUG_NAMES)}")
+        raise ValueError(f"unknown augmentation recipe {name!r}; choose one of {', '.join(AUG_NAMES)}")
     if name in VIEW_RECIPES:
         raise ValueError(f"{name!r} is a recipe per view; use view_recipes")
     if name == "default" and size > 96:
@@ -121,6 +135,22 @@ def colour_ops(recipe):
     return [grey, jitter] if recipe.grayscale_first else [jitter, grey]
 
 
+def recipe_ops(r, size, info):
+    """name -> the ops that name stands for in Recipe.order."""
+    jitter, grey = colour_ops(replace(r, grayscale_first=False))
+    ops = {"crop": [transforms.RandomResizedCrop(size, scale=r.crop_scale, ratio=r.crop_ratio)],
+           "colour": colour_ops(r), "jitter": [jitter], "grey": [grey],
+           "flip": [transforms.RandomHorizontalFlip(p=r.flip_p)], "blur": [], "solarize": [], "randaugment": []}
+    if r.blur_p > 0:
+        blur = KernelBlur(r.blur_kernel, r.blur_sigma) if r.blur_kernel else RadiusBlur(r.blur_sigma)
+        ops["blur"] = [transforms.RandomApply([blur], p=r.blur_p)]
+    if r.solarize_p > 0:
+        ops["solarize"] = [transforms.RandomSolarize(128, p=r.solarize_p)]
+    if r.randaugment:
+        ops["randaugment"] = [rand_augment(r.randaugment, size, info.mean)]
+    return ops
+
+
 def train_transform(info, recipe="default", erasing=False, image_size=None):
     """PIL image -> augmented, normalised tensor [C,size,size].
 
@@ -129,13 +159,9 @@ def train_transform(info, recipe="default", erasing=False, image_size=None):
     """
     size = image_size or info.image_size
     r = recipe if isinstance(recipe, Recipe) else recipe_for(recipe, size)
-    steps = [transforms.RandomResizedCrop(size, scale=r.crop_scale, ratio=r.crop_ratio), *colour_ops(r)]
-    if r.blur_p > 0:
-        steps.append(transforms.RandomApply([RadiusBlur(r.blur_sigma)], p=r.blur_p))
-    if r.solarize_p > 0:
-        steps.append(transforms.RandomSolarize(128, p=r.solarize_p))
-    steps += [transforms.RandomHorizontalFlip(p=r.flip_p), transforms.ToTensor(),
-              transforms.Normalize(info.mean, info.std)]
+    ops = recipe_ops(r, size, info)
+    steps = [op for name in r.order for op in ops[name]]
+    steps += [transforms.ToTensor(), transforms.Normalize(info.mean, info.std)]
     if erasing:
         e = erasing if isinstance(erasing, Erasing) else ERASING
         steps.append(transforms.RandomErasing(p=e.p, scale=e.scale, ratio=e.ratio, value=e.value))
@@ -169,16 +195,21 @@ def view_transforms(info, name, erasing=False, image_size=None):
 class MultiView:
     """Applies one random transform n times to the same image, in turn: n independent views, drawn
     in the order of the authors' TwoCropsTransform / ThreeCropsTransform (models/loader.py). Given a
-    list of transforms, view i takes transform i (cycling): BYOL's asymmetric pair."""
+    list of transforms, view i takes transform i (cycling): BYOL's asymmetric pair. Then `extra`, if
+    given, once more (InfoMin's jigsaw tiles, drawn after the crops as in the authors'
+    datasets/infomin_datasets.py)."""
 
-    def __init__(self, transform, n):
+    def __init__(self, transform, n, extra=None):
         self.transform = transform
         self.n = n
+        self.extra = extra
 
     def __call__(self, img):
         if isinstance(self.transform, (list, tuple)):
-            return [self.transform[i % len(self.transform)](img) for i in range(self.n)]
-        return [self.transform(img) for _ in range(self.n)]  # n tensors [C,H,W]
+            views = [self.transform[i % len(self.transform)](img) for i in range(self.n)]
+        else:
+            views = [self.transform(img) for _ in range(self.n)]  # n tensors [C,H,W]
+        return views + [self.extra(img)] if self.extra is not None else views
 
     def __repr__(self):
-        return f"MultiView(n={self.n}, {self.transform!r})"
+        return f"MultiView(n={self.n}, {self.transform!r}" + (f", extra={self.extra!r})" if self.extra else ")")

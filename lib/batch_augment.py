@@ -31,7 +31,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from lib.augment import ERASING, Erasing
+from lib.augment import ERASING, Erasing, Recipe
 
 LUMA = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2)
 BLUR_PASSES = 3                # PIL's ImageFilter.GaussianBlur: three box blurs per axis
@@ -280,6 +280,11 @@ def erase(x, i, j, h, w, on, value):
 
 
 # ----------------------------------------------------------------------------- the recipe
+
+def covers(recipe):
+    """Whether BatchAugment implements every op of `recipe`: not the RandAugment, the convolution blur or
+    the other op orders of InfoMin's recipe (lib/infomin_aug.py), which only the loader path has."""
+    return not recipe.randaugment and not recipe.blur_kernel and recipe.order == Recipe.order
 
 class BatchAugment:
     """A Recipe (and optional Erasing) applied to a batch: uint8 [B,C,H,W] -> float32 [B,C,size,size].

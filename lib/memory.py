@@ -11,6 +11,9 @@ Every partner (this one, lib/moco.py, ...) has the same face, which is all train
                                  It is never read on the host (no sync per step): the update is computed
                                  and kept or dropped with torch.where. None: always applied;
   state_dict() / load_state_dict()  everything the checkpoint must hold (an nn.Module's).
+Optional (lib/infomin.py): online_views, the indices of the views the online network sees (default
+(0, 1)), whose f_I all reach loss(); extra_input, (dataset info, size) -> a transform of each image
+whose output the loader appends to the views.
 """
 import torch
 import torch.nn as nn

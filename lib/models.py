@@ -181,15 +181,40 @@ class ClusterHeads(nn.Module):
         return self.heads[self.scales.index(min(self.scales))](h).argmax(dim=1)
 
 
+class JigsawHead(nn.Module):
+    """InfoMin's jigsaw head (PIRL's; the authors' infomin/utils.py JigsawHead): every tile's backbone
+    feature through fc1, the tiles of each image put in a random order, concatenated, then fc2 and
+    L2 normalisation. fc1 has its own hidden Linear + ReLU when `hidden` (their 'mlp'/'normmlp'
+    heads); `kind` is the kind of fc1's last layer and of fc2 (their NormLinear for 'normmlp')."""
+
+    def __init__(self, d_in, dim, kind, hidden, tiles=9):
+        super().__init__()
+        last = build_head(kind, d_in, dim)
+        self.fc1 = nn.Sequential(nn.Linear(d_in, d_in), nn.ReLU(), last) if hidden else last
+        self.fc2 = build_head(kind, dim * tiles, dim)
+        self.tiles = tiles
+
+    def forward(self, h):
+        """h [B * tiles, d_in], the tiles of each image in a row -> [B, dim], unit length."""
+        x = self.fc1(h)                                                       # [B * T, dim]
+        n = len(x) // self.tiles
+        # One permutation per image, drawn in turn from torch's CPU generator (as the authors' head).
+        order = torch.stack([torch.randperm(self.tiles) for _ in range(n)]).to(x.device)   # [B, T]
+        x = x.view(n, self.tiles, -1)[torch.arange(n, device=x.device)[:, None], order]   # [B, T, dim]
+        return F.normalize(self.fc2(x.reshape(n, -1)), dim=1)
+
+
 class CLDNet(nn.Module):
     """backbone -> [shared hidden layer] -> (f_I, f_G), each [B, dim] and unit length.
 
     mlp=True adds MoCo v2's hidden Linear(d, d) + ReLU, shared by both heads: with NormLinear heads
     this is the authors' "NormMLP" for ImageNet MoCo v2+CLD.
+    jigsaw_head (a head kind, or "none") adds InfoMin's JigsawHead, on the backbone directly as in the
+    authors' RGBTriHeads; a view of shape [B, T, C, h, w] (T jigsaw tiles per image) goes through it.
     """
 
     def __init__(self, arch, in_channels=3, dim=128, instance_head="linear", group_head="linear", mlp=False,
-                 byol_hidden=4096, byol_dim=256, cluster_scales=(), group_input="backbone"):
+                 byol_hidden=4096, byol_dim=256, cluster_scales=(), group_input="backbone", jigsaw_head="none"):
         super().__init__()
         if group_input not in GROUP_INPUTS:
             raise ValueError(f"unknown group input {group_input!r}; choose one of {', '.join(GROUP_INPUTS)}")
@@ -211,12 +236,23 @@ class CLDNet(nn.Module):
         # widths of parts(x): backbone feature, f_I, f_G
         self.part_dims = (width, byol_dim if instance_head == "byol" else dim,
                           sum(cluster_scales) if group_head == "clusters" else dim)
+        if jigsaw_head != "none":
+            self.jigsaw_head = JigsawHead(width, dim, jigsaw_head, hidden=mlp)
 
     def forward(self, *views):
-        """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim].
+        """Each view [B, C, H, W] -> a list of (f_I, f_G) pairs, each [B, dim]; a jigsaw view
+        [B, T, C, h, w] -> (f_J [B, dim], None).
         One call for all views keeps DistributedDataParallel to one forward per step, while every
         view still gets its own BatchNorm statistics, as in the authors' code."""
-        return [self.parts(x)[1:] for x in views]
+        out = []
+        for x in views:
+            if x.dim() == 5:  # all tiles through the backbone as one batch, as the authors do
+                if not hasattr(self, "jigsaw_head"):
+                    raise ValueError("a jigsaw input needs a network built with a jigsaw head")
+                out.append((self.jigsaw_head(self.backbone(x.flatten(0, 1))), None))
+            else:
+                out.append(self.parts(x)[1:])
+        return out
 
     def parts(self, x):
         """x [B, C, H, W] -> (backbone feature [B, out_dim], unit f_I, f_G): f_G is unit length too, except
@@ -255,6 +291,7 @@ class NetworkSpec:
     byol_dim: int = 256                # and its projection width
     cluster_scales: tuple = ()         # K_s of the clusters group head
     group_input: str = "backbone"
+    jigsaw_head: str = "none"          # InfoMin's jigsaw head, of this kind ("none": no jigsaw branch)
 
     def __post_init__(self):
         object.__setattr__(self, "cluster_scales", tuple(self.cluster_scales))  # a JSON list in a config
@@ -265,11 +302,11 @@ class NetworkSpec:
         return cls(config["arch"], in_channels, config["image_size"], config["dim"], config["instance_head"],
                    config["group_head"], bool(config.get("mlp", False)), config.get("byol_hidden", 4096),
                    config.get("byol_dim", 256), tuple(config.get("c2bin_scales") or ()),
-                   config.get("group_input", "backbone"))
+                   config.get("group_input", "backbone"), config.get("jigsaw_head", "none"))
 
     def build(self):
         return CLDNet(self.arch, self.in_channels, self.dim, self.instance_head, self.group_head, self.mlp,
-                      self.byol_hidden, self.byol_dim, self.cluster_scales, self.group_input)
+                      self.byol_hidden, self.byol_dim, self.cluster_scales, self.group_input, self.jigsaw_head)
 
     def differences(self, other):
         """[(field, self's value, other's value)] where the two disagree."""

@@ -37,6 +37,15 @@ MOCO_IMAGENET = dict(epochs=200, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs
 # and lr 0.8 (0.2 per 128) on ImageNet-100, and weight decay 1e-4. It gives neither K nor lambda: we take
 # the ImageNet MoCo v2+CLD K 120 and the lambda 0.25 of the paper's ImageNet-100 sweep (Table 8).
 NPID_IMAGENET = dict(NPID_CIFAR10, batch_size=256, lr=0.015, wd=1e-4, clusters=120, lam=0.25, knn_every=0)
+# InfoMin+CLD on ImageNet (--method CLD of the authors' main_imagenet_infomin_cld.py, with
+# scripts/imagenet/train_imagenet_infomin_cld.sh): T_I 0.15 from their utils/infomin_base_options.py,
+# queue 65,536 (their -k default), lr 0.2 at batch 512 with cosine decay (0.05 per 128), weight decay
+# 1e-4; their batch above 256 turns on 5 warm-up epochs (utils/infomin_train_options.py). 100 epochs as
+# the script; the paper's 200-epoch number is the same recipe with --epochs 200.
+INFOMIN_IMAGENET = dict(MOCO_IMAGENET, epochs=100, warmup_epochs=5, ins_t=0.15, cld_t=0.8, aug="infomin")
+# Small images: MoCo+CLD's CIFAR-10 row with InfoMin's own settings (temperatures, lambda, NormMLP heads,
+# augmentation) in place of MoCo's (our choice: the authors never ran InfoMin+CLD below 224 px).
+INFOMIN_CIFAR10 = dict(MOCO_CIFAR10, ins_t=0.15, cld_t=0.8, lam=0.25, mlp=True, aug="infomin", erasing=False)
 
 # BYOL on 32 px data: solo-learn's CIFAR recipe (scripts/pretrain/cifar/byol.yaml): LARS with trust
 # coefficient 0.02 and clipping, lr 1.0 at batch 256 (0.5 per 128 images), wd 1e-5, 1000 epochs, tau 0.99
@@ -79,6 +88,12 @@ ROWS = {
                               "OpenSelfSup's BYOL; 200 epochs as mmselfsup's config; CLD settings ours",
                               BYOL_IMAGENET),
     ("byol", "imagenet100"): Row("BYOL's ImageNet settings (our choice); CLD settings ours", BYOL_IMAGENET),
+    ("infomin", "imagenet"): Row("authors' scripts/imagenet/train_imagenet_infomin_cld.sh with --method CLD's "
+                                 "settings", INFOMIN_IMAGENET),
+    ("infomin", "imagenet100"): Row("authors' scripts/imagenet/train_imagenet_infomin_cld.sh (ImageNet's values)",
+                                    INFOMIN_IMAGENET),
+    ("infomin", "cifar10"): Row("MoCo+CLD's CIFAR-10 row with InfoMin+CLD's temperatures, lambda, heads and "
+                                "augmentation (ours)", INFOMIN_CIFAR10),
 }
 
 

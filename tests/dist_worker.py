@@ -11,6 +11,6 @@ if __name__ == "__main__":
     args = parse_args()
     model, memory = main(args)
     rank = int(os.environ.get("RANK", 0))
-    bank = memory.queue if args.moco else getattr(memory, "bank", None)    # the byol partner has neither
+    bank = memory.queue if hasattr(memory, "queue") else getattr(memory, "bank", None)  # byol has neither
     torch.save({"bank": bank, "model": model.state_dict(), "memory": memory.state_dict()},
                os.path.join(args.out, f"rank{rank}.pt"))

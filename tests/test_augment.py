@@ -122,6 +122,60 @@ def test_imagenet_recipes(recipe, source_ops):
         assert same(draws(ours, img, 8), draws(transforms.Compose(source_ops()), img, 8))
 
 
+class SourceConvBlur:
+    """GaussianBlur(22) of the authors' datasets/infomin_datasets.py, written as they build it: two
+    nn.Conv2d layers (23 x 1, then 1 x 23) behind nn.ReflectionPad2d(11), sigma from numpy."""
+
+    def __init__(self, kernel_size=22):
+        radius = kernel_size // 2
+        self.k, self.r = 2 * radius + 1, radius
+        self.blur_h = torch.nn.Conv2d(3, 3, kernel_size=(self.k, 1), bias=False, groups=3)
+        self.blur_v = torch.nn.Conv2d(3, 3, kernel_size=(1, self.k), bias=False, groups=3)
+        self.blur = torch.nn.Sequential(torch.nn.ReflectionPad2d(radius), self.blur_h, self.blur_v)
+
+    def __call__(self, img):
+        img = transforms.ToTensor()(img).unsqueeze(0)
+        sigma = np.random.uniform(0.1, 2.0)
+        x = np.arange(-self.r, self.r + 1)
+        x = np.exp(-np.power(x, 2) / (2 * sigma * sigma))
+        x = torch.from_numpy(x / x.sum()).view(1, -1).repeat(3, 1)
+        self.blur_h.weight.data.copy_(x.view(3, 1, self.k, 1))
+        self.blur_v.weight.data.copy_(x.view(3, 1, 1, self.k))
+        with torch.no_grad():
+            img = self.blur(img).squeeze()
+        return transforms.ToPILImage()(img)
+
+
+def authors_infomin_d():
+    """build_transforms(aug='D', modal='RGB', use_memory_bank=False) of the authors' infomin_datasets.py;
+    RandAugment from timm, the implementation their datasets/RandAugment.py copies."""
+    from timm.data.auto_augment import rand_augment_transform
+    ra_params = dict(translate_const=int(224 * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in (0.485, 0.456, 0.406)))
+    return [transforms.RandomResizedCrop(224, scale=(0.2, 1.)),
+            transforms.RandomHorizontalFlip(),
+            transforms.RandomApply([transforms.ColorJitter(0.8, 0.8, 0.8, 0.2)], p=0.8),
+            transforms.RandomApply([SourceConvBlur(22)], p=0.5),
+            rand_augment_transform('rand-n{}-m{}-mstd0.5'.format(2, 10), ra_params),
+            transforms.RandomGrayscale(p=0.2),
+            transforms.ToTensor(),
+            IMAGENET_NORM]
+
+
+def test_infomin_recipe_is_the_authors_augmentation_d():
+    img = image(3, 60, width=80)
+    ours = draws(train_transform(dataset_info("imagenet"), "infomin"), img, 12)
+    assert same(ours, draws(transforms.Compose(authors_infomin_d()), img, 12))
+    mocov2 = [op for op in authors_infomin_d()]
+    mocov2[2] = transforms.RandomApply([transforms.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8)
+    assert not same(ours, draws(transforms.Compose(mocov2), img, 12))   # the comparison can fail
+
+
+def test_infomin_recipe_runs_on_small_grey_images():
+    for name, side in (("digits", 8), ("fashion-mnist", 28)):
+        out = draws(train_transform(dataset_info(name), "infomin"), image(1, side), 10)
+        assert all(x.shape == (1, side, side) and torch.isfinite(x).all() for x in out)
+
+
 def test_parity_catches_a_different_blur_or_order():
     """The comparison above is not vacuous: the blur this project once used (torchvision's, a 3 px
     kernel at 32 px, sigma drawn from torch) and MoCo v1's colour order both change the tensors."""

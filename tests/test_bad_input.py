@@ -64,6 +64,12 @@ CASES = [
     ("train_cld", "--bank-momentum -0.5", "error: --bank-momentum must be in [0, 1), got -0.5"),
     ("train_cld", "--moco --moco-momentum 1.5", "error: --moco-momentum must be in [0, 1), got 1.5"),
     ("train_cld", "--moco --moco-momentum -1", "error: --moco-momentum must be in [0, 1), got -1.0"),
+    ("train_cld", "--infomin --beta 1.5", "error: --beta must be in [0, 1], got 1.5"),
+    ("train_cld", "--infomin --queue 0", "error: --queue must be positive, got 0"),
+    ("train_cld", "--infomin --data-path device", "error: --data-path device cannot build the infomin partner's "
+     "jigsaw tiles or the infomin augmentation (RandAugment) on the device: use --data-path loader"),
+    ("train_cld", "--moco --aug infomin --data-path device", "error: --data-path device cannot build the infomin "
+     "augmentation (RandAugment) on the device: use --data-path loader"),
     ("train_cld", "--moco --queue 0", "error: --queue must be positive, got 0"),
     ("train_cld", "--dim 0", "error: --dim must be positive, got 0"),
     ("train_cld", "--kmeans-iters 0", "error: --kmeans-iters must be positive, got 0"),

@@ -45,6 +45,15 @@ EXPECTED = {
     # BYOL §3.3: LARS (eta 0.001), lr 0.2 x batch/256, wd 1.5e-6, batch 4096, tau 0.996.
     ("byol", "imagenet"): dict(batch_size=4096, lr=0.1, wd=1.5e-6, optimizer="lars", lars_eta=0.001,
                                lars_clip=False, byol_tau=0.996, aug="byol", warmup_epochs=10),
+    # scripts/imagenet/train_imagenet_infomin_cld.sh (lr 0.2 at batch 512, 100 epochs, normmlp, Lambda 0.25,
+    # cld-t 0.8, 120 clusters) with --method CLD's nce_t 0.15 and aug 'D' (utils/infomin_base_options.py),
+    # the 5 warm-up epochs that a batch above 256 turns on (utils/infomin_train_options.py), -k 65536.
+    ("infomin", "imagenet"): dict(epochs=100, batch_size=512, lr=0.05, wd=1e-4, warmup_epochs=5, clusters=120,
+                                  lam=0.25, ins_t=0.15, cld_t=0.8, instance_head="normlinear",
+                                  group_head="normlinear", mlp=True, aug="infomin", erasing=False, queue=65536,
+                                  knn_every=0),
+    ("infomin", "cifar10"): dict(batch_size=256, lr=0.03, clusters=200, lam=0.25, ins_t=0.15, cld_t=0.8, mlp=True,
+                                 aug="infomin", erasing=False, queue=12288),
 }
 
 
@@ -82,6 +91,11 @@ def test_byol_and_c2bin_flags_are_the_byol_partner():
     args = resolved("--c2bin", "--dataset", "cifar100", "--data", ROOT)
     assert args.partner == "byol" and args.group_head == "clusters" and args.c2bin_scales == [20, 40, 80]
     assert resolved("--c2bin", "--c2bin-scales", "5", "7").c2bin_scales == [5, 7]
+def test_infomin_flag_is_the_infomin_partner_with_a_jigsaw_head():
+    args = resolved("--infomin", "--dataset", "imagenet")
+    assert args.partner == "infomin" and not args.moco and args.jigsaw_head == "normlinear"
+    assert (args.beta, args.enqueue_twice) == (0.5, False)      # TrainOptions' --beta default; the fixed queue
+    assert resolved("--moco").jigsaw_head == "none"
 
 
 def test_every_row_fixes_every_setting():
