@@ -154,7 +154,7 @@ def run(authors, enqueue_twice, steps):
         loss_all, loss_ins, loss_cld, _ = metrics.tolist()
         mapped_net, mapped_ema = ours_from_theirs(their_net.state_dict()), ours_from_theirs(their_ema.state_dict())
         report.append({
-            "step": step + 1, "applied": applied,
+            "step": step + 1, "applied": bool(applied),
             "loss_ins": {"ours": loss_ins, "theirs": their_ins, "abs_diff": abs(loss_ins - their_ins)},
             "loss_cld": {"ours": loss_cld, "theirs": their_cld, "abs_diff": abs(loss_cld - their_cld)},
             "loss": {"ours": loss_all, "theirs": their_ins + LAM * their_cld,
