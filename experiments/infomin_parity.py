@@ -20,6 +20,9 @@ A ResNet-50 on batches of 8 random images amplifies rounding quickly: after the 
 their own code that differ only in the Shuffle-BN permutation (in one process a reordering of float
 sums, nothing else) drift apart too. Each step also reports that drift, their code against itself, as
 the noise floor the ours-vs-theirs differences are to be read against.
+
+Last, timm's RandAugment (which --aug infomin uses) against their datasets/RandAugment.py on 300 images
+under the same seeds: how many outputs are identical.
 """
 import argparse
 import contextlib
@@ -154,7 +157,7 @@ def run(authors, enqueue_twice, steps):
         loss_all, loss_ins, loss_cld, _ = metrics.tolist()
         mapped_net, mapped_ema = ours_from_theirs(their_net.state_dict()), ours_from_theirs(their_ema.state_dict())
         report.append({
-            "step": step + 1, "applied": applied,
+            "step": step + 1, "applied": bool(applied),
             "loss_ins": {"ours": loss_ins, "theirs": their_ins, "abs_diff": abs(loss_ins - their_ins)},
             "loss_cld": {"ours": loss_cld, "theirs": their_cld, "abs_diff": abs(loss_cld - their_cld)},
             "loss": {"ours": loss_all, "theirs": their_ins + LAM * their_cld,
@@ -174,6 +177,35 @@ def run(authors, enqueue_twice, steps):
     return report
 
 
+def randaugment_check(path, n=300):
+    """timm's RandAugment against the authors' datasets/RandAugment.py: the same policy string and
+    hyper-parameters (their aug 'D'), n random 40x48 RGB images, the same seeds -> how many outputs are
+    identical to the byte."""
+    import importlib.util
+    import random
+
+    import numpy as np
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    spec = importlib.util.spec_from_file_location("authors_randaugment", os.path.join(path, "datasets", "RandAugment.py"))
+    theirs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(theirs)
+    hparams = lambda: dict(translate_const=int(224 * 0.45), img_mean=(124, 116, 104))  # noqa: E731
+    a = theirs.rand_augment_transform("rand-n2-m10-mstd0.5", hparams())
+    b = rand_augment_transform("rand-n2-m10-mstd0.5", hparams())
+    images = np.random.RandomState(0).randint(0, 256, (n, 40, 48, 3)).astype(np.uint8)
+    identical = 0
+    for i, image in enumerate(images):
+        outputs = []
+        for policy in (a, b):
+            random.seed(i)
+            np.random.seed(i)
+            outputs.append(np.asarray(policy(Image.fromarray(image))))
+        identical += int(np.array_equal(*outputs))
+    return {"images": n, "identical": identical}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--authors", default="/work/authors", help="a copy of the authors' repository")
@@ -191,7 +223,8 @@ def main():
                               ema=ALPHA, ins_t=T_I, cld_t=T_G, lam=LAM, beta=BETA, kmeans_iters=ITERS,
                               arch="resnet50", precision="fp32", device="cpu"),
               "enqueue_twice (theirs)": run(authors, True, args.steps),
-              "enqueue_once (our default)": run(authors, False, args.steps)}
+              "enqueue_once (our default)": run(authors, False, args.steps),
+              "randaugment_timm_vs_theirs": randaugment_check(args.authors)}
     torch.distributed.destroy_process_group()
     print(json.dumps(result, allow_nan=False, indent=1))
 

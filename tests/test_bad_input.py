@@ -64,6 +64,7 @@ CASES = [
     ("train_cld", "--bank-momentum -0.5", "error: --bank-momentum must be in [0, 1), got -0.5"),
     ("train_cld", "--moco --moco-momentum 1.5", "error: --moco-momentum must be in [0, 1), got 1.5"),
     ("train_cld", "--moco --moco-momentum -1", "error: --moco-momentum must be in [0, 1), got -1.0"),
+    ("train_cld", "--sync-every 0", "error: --sync-every must be positive, got 0"),
     ("train_cld", "--infomin --beta 1.5", "error: --beta must be in [0, 1], got 1.5"),
     ("train_cld", "--infomin --queue 0", "error: --queue must be positive, got 0"),
     ("train_cld", "--infomin --data-path device", "error: --data-path device cannot build the infomin partner's "
