@@ -66,6 +66,12 @@ CASES = [
     ("train_cld", "--moco --moco-momentum -1", "error: --moco-momentum must be in [0, 1), got -1.0"),
     ("train_cld", "--sync-every 0", "error: --sync-every must be positive, got 0"),
     ("train_cld", "--infomin --beta 1.5", "error: --beta must be in [0, 1], got 1.5"),
+    ("train_cld", "--c2bin --c2bin-scales 1", "error: --c2bin-scales must be 2 or more, got 1"),
+    ("train_cld", "--c2bin --c2bin-t 0", "error: --c2bin-t must be positive, got 0.0"),
+    ("train_cld", "--byol --byol-hidden 0", "error: --byol-hidden must be positive, got 0"),
+    ("train_cld", "--byol --byol-dim 0", "error: --byol-dim must be positive, got 0"),
+    ("train_cld", "--byol --lars-eta 0", "error: --lars-eta must be positive, got 0.0"),
+    ("train_cld", "--byol --byol-tau 1", "error: --byol-tau must be in [0, 1), got 1.0"),
     ("train_cld", "--infomin --queue 0", "error: --queue must be positive, got 0"),
     ("train_cld", "--infomin --data-path device", "error: --data-path device cannot build the infomin partner's "
      "jigsaw tiles or the infomin augmentation (RandAugment) on the device: use --data-path loader"),
