@@ -72,6 +72,7 @@ CASES = [
     ("train_cld", "--save-every -2", "error: --save-every must be 0 or more, got -2"),
     ("train_cld", "--seed -1", "error: --seed must be in [0, 2**31 - 1], got -1"),
     ("train_cld", "--max-bad-steps 0", "error: --max-bad-steps must be positive, got 0"),
+    ("train_cld", "--sync-every 0", "error: --sync-every must be positive, got 0"),
     ("train_cld", "--data FILE", "error: --data FILE is a file; pass the dataset's root folder"),
     ("train_cld", "--subset DIR", "error: --subset DIR is a folder; pass a subset file written by make_longtail.py"),
     ("train_cld", "--subset MISSING",
