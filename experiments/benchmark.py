@@ -15,7 +15,9 @@ Measured:
 - the share of a step spent in k-means + the CLD loss (forward and backward) and in the bank / queue update;
 - kNN over a 50k x 10k bank (lib/knn.py): time and peak memory;
 - with --compile (on by default on a GPU): the step with torch.compile'd network.
-Every figure is the best of --repeats runs (the least disturbed one).
+Every figure is the best of --repeats runs (the least disturbed one), the figures compared with each other
+measured in turn; on the CPU the process's CPU time is given beside the wall time, since other jobs on a
+shared machine change the latter (the loader's worker processes are not in it).
 """
 import argparse
 import json
@@ -60,14 +62,17 @@ def sync(device):
 
 def best_of(repeats, device, fn):
     """The shortest wall time of repeats calls of fn, in seconds (the device synchronised around each)."""
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return min(times)
+    return min(timed(device, fn)[0] for _ in range(repeats))
+
+
+def timed(device, fn):
+    """(wall seconds, CPU seconds of this process) of one call of fn. On a shared CPU the wall time depends on
+    what else runs; the CPU time hardly does, but leaves out the loader's worker processes."""
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    sync(device)
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def random_images(n, size, channels=3, seed=0):
@@ -193,26 +198,33 @@ def end_to_end(run):
 
 
 def bench_training(args, device, arch, size, batch, partners=("npid", "moco")):
+    """Per partner: the step alone and the end-to-end epoch on each data path, measured in turn --repeats
+    times (so that a burst of load on the machine hits all of them alike); each figure is the best turn."""
     steps = args.steps
     for partner in partners:
         run = build(args, partner, arch, size, batch, device, "device")
         alone = steps_alone(run, steps)
         alone()  # warm-up: allocator, autotuning
-        times = {"step alone": best_of(args.repeats, device, alone) / steps}
-        # train_epoch runs steps + 1 steps; the first, which waits for a loader's first batch, is not counted
-        # apart: the per-step figure is the epoch's time over steps + 1.
-        times["device path, end to end"] = best_of(args.repeats, device, end_to_end(run)) / (steps + 1)
-        syncs = count_syncs(run, steps)
+        # train_epoch runs steps + 1 steps (the first waits for a loader's first batch): per step, over steps + 1.
+        figures = {"step alone": (alone, steps), "device path, end to end": (end_to_end(run), steps + 1)}
         for workers in sorted({0, args.workers}):
             loader_run = build(args, partner, arch, size, batch, device, "loader", workers)
-            times[f"loader, {workers} workers, end to end"] = (
-                best_of(args.repeats, device, end_to_end(loader_run)) / (steps + 1))
-        for path, seconds in times.items():
+            figures[f"loader, {workers} workers, end to end"] = (end_to_end(loader_run), steps + 1)
+        times = {path: [] for path in figures}
+        for _ in range(args.repeats):
+            for path, (fn, count) in figures.items():
+                wall, cpu = timed(device, fn)
+                times[path].append((wall / count, cpu / count))
+        syncs = count_syncs(run, steps)
+        best = {path: min(w for w, _ in t) for path, t in times.items()}
+        best_cpu = {path: min(c for _, c in t) for path, t in times.items()}
+        for path, seconds in best.items():
             emit(part="step", partner=partner, arch=arch, size=size, batch=batch, path=path,
-                 seconds_per_step=seconds, images_per_s=batch / seconds,
-                 vs_step_alone=seconds / times["step alone"],
-                 **({"host_syncs_in_steps": syncs} if path == "step alone" and syncs is not None else {}))
-        bench_share(args, run, times["step alone"])
+                 seconds_per_step=seconds, images_per_s=batch / seconds, vs_step_alone=seconds / best["step alone"],
+                 cpu_seconds_per_step=best_cpu[path], cpu_vs_step_alone=best_cpu[path] / best_cpu["step alone"],
+                 turns=times[path], **({"host_syncs_in_steps": syncs} if path == "step alone" and syncs is not None
+                                       else {}))
+        bench_share(args, run, best["step alone"])
         if args.compile:
             compiled = build(args, partner, arch, size, batch, device, "device", compile_model=True)
             go = steps_alone(compiled, steps)
@@ -222,7 +234,7 @@ def bench_training(args, device, arch, size, batch, partners=("npid", "moco")):
             first = time.perf_counter() - start
             seconds = best_of(args.repeats, device, go) / steps
             emit(part="step", partner=partner, arch=arch, size=size, batch=batch, path="step alone, --compile",
-                 seconds_per_step=seconds, images_per_s=batch / seconds, vs_step_alone=seconds / times["step alone"],
+                 seconds_per_step=seconds, images_per_s=batch / seconds, vs_step_alone=seconds / best["step alone"],
                  first_steps_s=first)
 
 
@@ -273,10 +285,13 @@ def bench_quick(args, device):
     times = {path: [] for path in runs}
     for _ in range(2 * args.repeats):
         for path, run in runs.items():
-            times[path].append(best_of(1, device, end_to_end(run)))
+            times[path].append(timed(device, end_to_end(run)))
+    best = {path: (min(w for w, _ in t), min(c for _, c in t)) for path, t in times.items()}
     for path, seconds in times.items():
-        emit(part="quick", path=path, epoch_seconds_best=min(seconds), epoch_seconds_median=float(np.median(seconds)),
-             epoch_seconds=seconds, vs_loader=min(seconds) / min(times["loader"]))
+        walls = [w for w, _ in seconds]
+        emit(part="quick", path=path, epoch_seconds_best=best[path][0], epoch_seconds_median=float(np.median(walls)),
+             epoch_seconds=walls, vs_loader=best[path][0] / best["loader"][0], epoch_cpu_seconds_best=best[path][1],
+             cpu_vs_loader=best[path][1] / best["loader"][1])
     run = runs["device"]
     knn = best_of(args.repeats, device, lambda: train_cld.knn_eval(run.raw_model.embed, run.knn_train, run.knn_test,
                                                                    device, 200, run.args.ins_t))
@@ -314,16 +329,19 @@ def table():
         if r["part"] == "augment":
             lines.append(f"| augmentation, {r['size']} px, {r['recipe']} | {r['path']} | {r['views_per_s']:.0f} views/s |")
         elif r["part"] == "step":
+            cpu = (f"; CPU time x{r['cpu_vs_step_alone']:.3f}" if "cpu_vs_step_alone" in r and device_is_cpu()
+                   else "")
             lines.append(f"| {r['partner'].upper()}+CLD step, {r['arch']} {r['size']} px, batch {r['batch']} | "
                          f"{r['path']} | {r['seconds_per_step'] * 1000:.0f} ms/step, {r['images_per_s']:.0f} img/s, "
-                         f"x{r['vs_step_alone']:.3f} of the step alone |")
+                         f"x{r['vs_step_alone']:.3f} of the step alone{cpu} |")
         elif r["part"] == "share":
             lines.append(f"| {r['partner'].upper()}+CLD, batch {r['batch']}, K {r['clusters']} | {r['what']} | "
                          f"{r['seconds_per_step'] * 1000:.1f} ms/step, {100 * r['share_of_step']:.1f}% of the step |")
         elif r["part"] == "quick" and "epoch_seconds" in r:
             lines.append(f"| quick start epoch (digits, ResNet-20, batch 128, 11 steps) | {r['path']} path | "
                          f"{r['epoch_seconds_best']:.2f} s best, {r['epoch_seconds_median']:.2f} s median, "
-                         f"x{r['vs_loader']:.2f} of the loader's |")
+                         f"x{r['vs_loader']:.2f} of the loader's; CPU time {r['epoch_cpu_seconds_best']:.2f} s, "
+                         f"x{r['cpu_vs_loader']:.2f} |")
         elif r["part"] == "quick":
             lines.append(f"| quick start kNN monitor (1,437 x 360) | | {r['seconds']:.2f} s |")
         elif r["part"] == "knn":
@@ -332,12 +350,16 @@ def table():
     print("\n".join(lines))
 
 
+def device_is_cpu():
+    return not torch.cuda.is_available()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gpu = torch.cuda.is_available()
     p.add_argument("--batch", type=int, default=256 if gpu else 32, help="training batch (CIFAR ResNet-18)")
     p.add_argument("--steps", type=int, default=50 if gpu else 3, help="steps per timed figure")
-    p.add_argument("--repeats", type=int, default=3 if gpu else 2, help="each figure is the best of this many")
+    p.add_argument("--repeats", type=int, default=3, help="each figure is the best of this many")
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="N of the loader's N workers")
     p.add_argument("--aug-batch", type=int, default=256)
     p.add_argument("--aug-batches", type=int, default=20 if gpu else 4)

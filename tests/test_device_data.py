@@ -19,7 +19,7 @@ from lib.schedule import lr_at
 from lib.subsets import subset_dataset
 from tests.common import states_equal
 from tests.fixtures import write_cifar10, write_stl10
-from tests.test_faults import TINY, STEPS, no_signal_handlers, signal_after  # noqa: F401 (a fixture)
+from tests.test_faults import TINY, STEPS, signal_after
 
 
 def test_the_array_is_the_images_the_loader_sees(tmp_path):
@@ -96,6 +96,12 @@ def test_data_path_defaults_and_a_folder_dataset_on_the_device_path(tmp_path, ca
 
 
 # ---------------------------------------------------------------- the loop, reading the device every N steps
+
+@pytest.fixture
+def no_signal_handlers(monkeypatch):
+    """main() installs SIGINT/SIGTERM handlers; in-process runs must not leave them in pytest."""
+    monkeypatch.setattr(train_cld.signal, "signal", lambda *a: None)
+
 
 def final_state(path):
     ckpt = torch.load(path, weights_only=True)

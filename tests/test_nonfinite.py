@@ -262,3 +262,26 @@ def test_a_nan_on_one_process_is_skipped_by_all(tmp_path):
         assert torch.equal(rank0["model"][key], rank1["model"][key]), key
     [record] = strict_json_lines((out / "metrics.jsonl").read_text())
     assert record["skipped_steps"] == 3 and math.isfinite(record["loss"])
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
+def test_a_skipped_first_step_then_a_good_one_equals_a_fresh_optimizers_first_step(fused):
+    """The very first step skipped (momentum buffers do not exist yet): the weights stay, and the next good
+    step is exactly a fresh optimizer's first step. Fused SGD would otherwise keep its uninitialised buffers."""
+    torch.manual_seed(0)
+    skipped, fresh = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    fresh.load_state_dict(skipped.state_dict())
+    opt_skipped, opt_fresh = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fused)
+                              for m in (skipped, fresh))
+    x = torch.randn(5, 4)
+    before = copy.deepcopy(skipped.state_dict())
+    InfiniteGradient.apply(skipped(x).sum()).backward()
+    train_cld.step_unless(opt_skipped, torch.tensor(True))
+    opt_skipped.zero_grad(set_to_none=True)
+    assert states_equal(skipped.state_dict(), before)
+    skipped(x).pow(2).sum().backward()
+    train_cld.step_unless(opt_skipped, torch.tensor(False))
+    fresh(x).pow(2).sum().backward()
+    opt_fresh.step()                                  # torch's own first step, the reference
+    assert states_equal(skipped.state_dict(), fresh.state_dict())
+    assert states_equal(opt_skipped.state_dict()["state"], opt_fresh.state_dict()["state"])
