@@ -71,12 +71,12 @@ RECIPES = {
                       order=("crop", "flip", "jitter", "blur", "randaugment", "grey"),
                       source="CLD authors' datasets/infomin_datasets.py, build_transforms, aug 'D' (InfoMin's)"),
 }
-# BYOL's asymmetric pair (Grill et al. 2020, Appendix B, Table 6): one recipe per view, the same except
+# BYOL's asymmetric pair (Grill et al. 2020, Appendix B): one recipe per view, the same except
 # for the blur (always / 10%) and the solarisation (never / 20%). Their blur draws sigma from [0.1, 2.0]
 # like MoCo v2's. BYOL flips right after the crop; here the flip follows the solarisation, which draws
 # views from the same distribution.
 BYOL_VIEW = Recipe(crop_scale=(0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, grayscale_p=0.2,
-                   source="BYOL (Grill et al. 2020), Appendix B, Table 6")
+                   source="BYOL (Grill et al. 2020), Appendix B")
 VIEW_RECIPES = {
     "byol": (replace(BYOL_VIEW, blur_p=1.0, solarize_p=0.0), replace(BYOL_VIEW, blur_p=0.1, solarize_p=0.2)),
 }

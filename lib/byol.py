@@ -15,12 +15,12 @@ import torch.nn.functional as F
 
 
 def byol_loss(predictions, targets):
-    """2 - 2 cos(p, z), the mean over the batch (BYOL Eq. 2). predictions, targets: [B, dim] unit rows."""
+    """2 - 2 cos(p, z), the mean over the batch (BYOL §3.1). predictions, targets: [B, dim] unit rows."""
     return (2 - 2 * (predictions * targets.to(predictions.dtype)).sum(dim=1)).mean()
 
 
 def tau_at(step, total_steps, base_tau):
-    """The target decay at step k of K: 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 (BYOL §3.2), rising from
+    """The target decay at step k of K: 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2 (BYOL §3.3), rising from
     tau_base at k = 0 to 1 at k = K."""
     k = min(step, total_steps)
     return 1 - (1 - base_tau) * (math.cos(math.pi * k / max(1, total_steps)) + 1) / 2
@@ -60,7 +60,7 @@ class BYOLTarget(nn.Module):
 
     def loss(self, queries, views, indices):
         """The symmetrised loss: prediction of view 1 against the target projection of view 2, plus the
-        other way round (BYOL Eq. 2: L + L~)."""
+        other way round (BYOL §3.1: L + L~)."""
         z1, z2 = self.project(views[0]), self.project(views[1])
         return byol_loss(queries[0], z2) + byol_loss(queries[1], z1), None
 

@@ -4,7 +4,7 @@ column, at several scales at once; BYOL (lib/byol.py) bootstraps the instances b
 
 Only the abstract is available, so everything below the sentence "contrasting batch-wise cluster
 assignment features ... a multi-scale clustering technique" is our reading: per scale, Contrastive
-Clustering's cluster-level loss (Li et al. 2021, Eq. 5-7) on the K_s columns of the assignment matrices,
+Clustering's cluster-level loss (Li et al. 2021) on the K_s columns of the assignment matrices,
 plus its entropy term against collapse; losses averaged over the scales.
 """
 import math
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 # Classes-worth of clusters per dataset for the default scales K = C, 2C, 4C. CIFAR-100 counts its 20
-# superclasses, on which clustering is conventionally reported (e.g. Contrastive Clustering, Table 2).
+# superclasses, on which clustering is conventionally reported (e.g. by Contrastive Clustering).
 CLASSES = {"cifar100": 20, "imagenet": 1000, "imagenet100": 100}
 
 

@@ -1,4 +1,4 @@
-"""LARS (You et al. 2017), the optimiser of BYOL (Grill et al. 2020, §3.3 and Appendix C).
+"""LARS (You et al. 2017), the optimiser of BYOL (Grill et al. 2020, §3.3).
 
 Each adapted parameter w takes the step lr * v, where v <- momentum * v + r (g + wd w) and the trust ratio
 r = eta * |w| / (|g| + wd |w|) (You et al. Eq. 6 with weight decay; the same form as solo-learn's
