@@ -16,7 +16,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from summarise import fmt, mean_std, readable, train_size, verdict  # noqa: E402
+import summarise  # noqa: E402
+from summarise import fmt, mean_std, train_size, verdict  # noqa: E402
 
 BLOCKS = {"fmbyol": "Fashion-MNIST, balanced 10k subset", "ltbyol": "Fashion-MNIST-LT, ratio 100",
           "hcbyol": "fashion-mnist-hc"}
@@ -30,28 +31,17 @@ RUN_NAME = re.compile(r"^(?P<block>[a-z]+)_(?P<arm>[a-z0-9]+)_s(?P<seed>\d+)$")
 
 
 def read_run(runs, name):
-    folder = os.path.join(runs, name)
-    if not os.path.exists(folder + ".done"):
+    """summarise.py's reading of a finished run, plus its clustering scores (RUNS/NAME.clusters.json)."""
+    run = summarise.read_run(runs, name)
+    if run is None:
         return None
-    with open(os.path.join(folder, "config.json")) as f:
-        config = json.load(f)
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        last = json.loads(f.read().splitlines()[-1])
-    if last["epoch"] != config["epochs"]:
-        return None
-    run = {"name": name, "seed": config["seed"], "top1": last["knn_top1"], "config": config}
-    path = folder + ".clusters.json"
+    path = os.path.join(runs, name) + ".clusters.json"
     if os.path.exists(path) and os.path.getsize(path):
         with open(path) as f:
             clusters = json.loads(f.read().strip().splitlines()[-1])
         for kind in ("kmeans", "head"):
             if kind in clusters:
                 run.update({f"{kind}_{m}": clusters[kind][m] for m in ("nmi", "acc", "ari")})
-    for suffix, key in ((".wall", "wall_s"), (".cmd", "command")):
-        if os.path.exists(folder + suffix):
-            with open(folder + suffix) as f:
-                text = f.read().strip()
-            run[key] = float(text.splitlines()[-1]) if key == "wall_s" else readable(text, runs)
     return run
 
 
