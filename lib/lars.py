@@ -18,6 +18,10 @@ def param_groups(model, weight_decay):
 
 
 class LARS(torch.optim.Optimizer):
+    """A step is skipped on the device when the attribute found_inf (a tensor, set by whoever steps it, as
+    GradScaler does with torch's own optimizers) is non-zero: no host read of it."""
+    _step_supports_amp_scaling = True
+
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, eta=0.001, clip=False):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta, clip=clip, adapt=True)
         super().__init__(params, defaults)
@@ -28,6 +32,8 @@ class LARS(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        found_inf = getattr(self, "found_inf", None)
+        keep = None if found_inf is None else found_inf == 0
         for group in self.param_groups:
             lr, wd = group["lr"], group["weight_decay"]
             for p in group["params"]:
@@ -44,8 +50,10 @@ class LARS(torch.optim.Optimizer):
                     update = update * ratio
                 state = self.state[p]
                 if "momentum_buffer" not in state:
-                    state["momentum_buffer"] = update.clone()
-                else:
-                    state["momentum_buffer"].mul_(group["momentum"]).add_(update)
-                p.add_(state["momentum_buffer"], alpha=-lr)
+                    state["momentum_buffer"] = torch.zeros_like(p)   # m * 0 + update: the first step's update
+                buffer = state["momentum_buffer"]
+                new_buffer = buffer * group["momentum"] + update
+                new_p = p - lr * new_buffer
+                buffer.copy_(new_buffer if keep is None else torch.where(keep, new_buffer, buffer))
+                p.copy_(new_p if keep is None else torch.where(keep, new_p, p))  # kept only where found_inf is 0
         return loss

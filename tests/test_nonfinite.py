@@ -14,6 +14,7 @@ import torch
 import train_cld
 from lib import cli, jsonl
 from lib.checkpoint import CheckpointError
+from lib.lars import LARS, param_groups
 from lib.memory import MemoryBank
 from lib.models import CLDNet
 from lib.moco import MomentumEncoder
@@ -264,15 +265,21 @@ def test_a_nan_on_one_process_is_skipped_by_all(tmp_path):
     assert record["skipped_steps"] == 3 and math.isfinite(record["loss"])
 
 
-@pytest.mark.parametrize("fused", [True, False], ids=["fused", "plain"])
-def test_a_skipped_first_step_then_a_good_one_equals_a_fresh_optimizers_first_step(fused):
+OPTIMIZERS = {
+    "fused": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=True),
+    "plain": lambda m: torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4),
+    "lars": lambda m: LARS(param_groups(m, 1e-4), lr=0.1, momentum=0.9, weight_decay=1e-4, eta=0.02),
+}
+
+
+@pytest.mark.parametrize("kind", OPTIMIZERS)
+def test_a_skipped_first_step_then_a_good_one_equals_a_fresh_optimizers_first_step(kind):
     """The very first step skipped (momentum buffers do not exist yet): the weights stay, and the next good
     step is exactly a fresh optimizer's first step. Fused SGD would otherwise keep its uninitialised buffers."""
     torch.manual_seed(0)
     skipped, fresh = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
     fresh.load_state_dict(skipped.state_dict())
-    opt_skipped, opt_fresh = (torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4, fused=fused)
-                              for m in (skipped, fresh))
+    opt_skipped, opt_fresh = (OPTIMIZERS[kind](m) for m in (skipped, fresh))
     x = torch.randn(5, 4)
     before = copy.deepcopy(skipped.state_dict())
     InfiniteGradient.apply(skipped(x).sum()).backward()
