@@ -78,7 +78,9 @@ def test_ctrl_c_while_main_starts_exits_quietly_with_130():
 
 @pytest.mark.parametrize("after", [1.5, 4.0])
 def test_ctrl_c_during_imports_and_data_loading_exits_quietly_with_130(after, tmp_path):
-    proc = start(*TINY, "--epochs", "1", "--out", tmp_path / "run")
+    # Enough epochs that the process is still running when the signal comes: on an idle machine the device
+    # path trains a digits epoch in well under a second, so one epoch could end before 4 s.
+    proc = start(*TINY, "--epochs", "100", "--out", tmp_path / "run")
     time.sleep(after)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
