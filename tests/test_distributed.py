@@ -131,8 +131,8 @@ def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
     instead of blocking for torch's default half hour."""
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "train_cld.py",
-           "--dataset", "digits", "--arch", "resnet20", "--epochs", "3", "--batch-size", "64", "--clusters", "10",
-           "--workers", "0", "--knn-every", "0", "--dist-timeout", "5", "--out", str(out)]
+           "--dataset", "digits", "--arch", "resnet20", "--epochs", "30", "--batch-size", "64", "--clusters", "10",
+           "--workers", "0", "--knn-every", "0", "--dist-timeout", "5", "--out", str(out)]  # still training at 2 s
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 180
