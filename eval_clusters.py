@@ -34,9 +34,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="k-means seeding")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
-                        "with full unpickling, which runs any code in it; only for files you trust")
+    cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"restarts": POSITIVE, "kmeans_iters": POSITIVE, "seed": SEED,
                                "batch_size": POSITIVE, "workers": NON_NEGATIVE})

@@ -33,9 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--few", type=int, default=20, help="few-shot classes have fewer training images than this (ImageNet-LT, OLTR: 20)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
-                        "with full unpickling, which runs any code in it; only for files you trust")
+    cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"k": POSITIVE, "sigma": POSITIVE, "many": NON_NEGATIVE, "few": NON_NEGATIVE,
                                "batch_size": POSITIVE, "workers": NON_NEGATIVE})

@@ -84,9 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="classifier init, data order and the labelled subset")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per forward pass when nothing is trained")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load a checkpoint that holds more than tensors and plain values (one of an earlier version) "
-                        "with full unpickling, which runs any code in it; only for files you trust")
+    cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
         p.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")

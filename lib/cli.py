@@ -151,3 +151,10 @@ def run_main(main, args, errors=()):
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         sys.exit(f"error: {where}{e.strerror or e}")
+
+
+def add_trust_checkpoint(parser):
+    """--trust-checkpoint of the evaluation scripts: the same words in each."""
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load a checkpoint that holds more than tensors and plain values (one of an earlier "
+                             "version) with full unpickling, which runs any code in it; only for files you trust")
