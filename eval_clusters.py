@@ -11,12 +11,11 @@ Two assignments are scored against the labels (CIFAR-100: its 20 superclasses, u
 Prints one JSON line.
 """
 import argparse
-import contextlib
 
 import numpy as np
 import torch
 
-from lib import analysis, checkpoint, cli, dist, jsonl
+from lib import analysis, checkpoint, cli, dist, jsonl, precision
 from lib.augment import test_transform
 from lib.cli import POSITIVE, NON_NEGATIVE, SEED
 from lib.data import cifar100_superclasses, dataset_info, load_dataset
@@ -34,6 +33,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="k-means seeding")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
+    precision.add_flag(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"restarts": POSITIVE, "kmeans_iters": POSITIVE, "seed": SEED,
@@ -70,14 +70,14 @@ def main(args):
         labels, label_kind = cifar100_superclasses(root, "test"), "superclasses"
     classes = len(np.unique(labels))
     model = checkpoint.load_network(ckpt, args.ckpt, info.channels).to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with torch.no_grad(), autocast:
+    used, _ = precision.resolve(args.precision, device)
+    with torch.no_grad(), precision.autocast(device, used):  # the network; k-means and scores are float32
         features = extract_features(model.embed, test_set, device, args.batch_size, args.workers)
         heads = None
         if isinstance(model.group_head, ClusterHeads):
             heads = extract_features(head_assignments(model), test_set, device, args.batch_size, args.workers)
     result = {"checkpoint": args.ckpt, "epoch": ckpt.get("epoch"), "dataset": config["dataset"], "labels": label_kind,
-              "label_classes": classes, "test_images": len(test_set)}
+              "label_classes": classes, "test_images": len(test_set), "precision": used}
     if rank == 0:
         clusters = analysis.kmeans_labels(features.float(), classes, args.restarts, args.kmeans_iters, args.seed)
         result["kmeans"] = quality(clusters.cpu().numpy(), labels)

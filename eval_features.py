@@ -19,7 +19,6 @@ stdout: one JSON line per checkpoint, then, for several checkpoints, one JSON li
 Spearman correlations of the score (and of each factor) with kNN top-1. stderr: the same as a table.
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Subset
 
-from lib import analysis, checkpoint, cli, dist, jsonl
+from lib import analysis, checkpoint, cli, dist, jsonl, precision
 from lib.cli import NON_NEGATIVE, POSITIVE, SEED
 from lib.augment import MultiView, test_transform, view_transforms
 from lib.data import dataset_info, load_dataset
@@ -76,6 +75,7 @@ def parse_args(argv=None):
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints that hold more than tensors and plain values (of an earlier version) with "
                         "full unpickling, which runs any code in them; only for files you trust")
+    precision.add_flag(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {name: POSITIVE for name in (
         "restarts", "kmeans_iters", "k", "sigma", "selection_images", "clusters", "selection_clusters", "tsne_images",
@@ -202,8 +202,9 @@ def selection_set(run, args):
 def extract(run, args, device):
     """Adds run["train"], run["test"] ({feature: [N, d]}) and run["views"] ({feature: ([N, d], [N, d])})."""
     model = run["model"]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
+    used, _ = precision.resolve(args.precision, device)
+    run["precision"] = used
+    with precision.autocast(device, used):  # the network; every measure below is float32 (lib/analysis.py)
         run["train"] = split_features(extract_features(all_features(model), run["train_set"], device,
                                                        args.batch_size, args.workers), model)
         run["test"] = split_features(extract_features(all_features(model), run["test_set"], device,
@@ -245,7 +246,7 @@ def evaluate(run, args):
     result.update({"selection_feature": args.selection_feature, "label_clusters": k_label,
                    "selection_clusters": k_views, "selection_images": int(run["views"]["f_I"][0].shape[0]),
                    "train_images": len(train_set), "test_images": len(test_set), "kmeans_restarts": args.restarts,
-                   "kmeans_iters": args.kmeans_iters, "knn_k": args.k, "sigma": sigma,
+                   "kmeans_iters": args.kmeans_iters, "knn_k": args.k, "sigma": sigma, "precision": run["precision"],
                    "units": "features.*: percent; selection.*: fractions in [0, 1]"})
     return round_floats(result)
 

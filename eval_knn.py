@@ -9,11 +9,8 @@ exp(cos / sigma). A run trained on a subset (train_cld.py --subset, e.g. a long-
 that subset as the bank and also reports many / medium / few-shot accuracy. Prints one JSON line.
 """
 import argparse
-import contextlib
 
-import torch
-
-from lib import checkpoint, cli, dist, jsonl
+from lib import checkpoint, cli, dist, jsonl, precision
 from lib.cli import NON_NEGATIVE, POSITIVE
 from lib.augment import test_transform
 from lib.data import dataset_info, load_dataset
@@ -33,6 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--few", type=int, default=20, help="few-shot classes have fewer training images than this (ImageNet-LT, OLTR: 20)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
+    precision.add_flag(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"k": POSITIVE, "sigma": POSITIVE, "many": NON_NEGATIVE, "few": NON_NEGATIVE,
@@ -59,8 +57,8 @@ def main(args):
         train_set = subset_dataset(train_set, subset)
 
     model = checkpoint.load_network(ckpt, args.ckpt, info.channels).to(device).eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    with autocast:
+    used, _ = precision.resolve(args.precision, device)
+    with precision.autocast(device, used):  # the network; the similarities and votes are float32 (lib/knn.py)
         ranked, test_labels = knn_predict(model.embed, train_set, test_set, device, args.k, sigma, args.batch_size,
                                           args.workers)
     top1, top5 = topk_accuracy(ranked, test_labels)
@@ -71,7 +69,7 @@ def main(args):
         shots = shot_accuracy(correct, test_labels.cpu().numpy(), counts, args.many, args.few)
         result.update({name: None if value is None else round(value, 2) for name, value in shots.items()})
         result.update({"many_above": args.many, "few_below": args.few, "subset": subset})
-    result.update({"k": args.k, "sigma": sigma,
+    result.update({"k": args.k, "sigma": sigma, "precision": used,
                    "features": ("backbone feature (a BYOL run's evaluation feature)" if config.get("instance_head") == "byol"
                                 else "f_I (instance head)") + ", L2-normalised, recomputed with the test transform",
                    "dataset": config["dataset"], "train_images": len(train_set), "test_images": len(test_set),

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from lib import checkpoint, cli, dist, jsonl
+from lib import checkpoint, cli, dist, jsonl, precision
 from lib.cli import BELOW_ONE, NON_NEGATIVE, POSITIVE, SEED
 from lib.augment import test_transform
 from lib.data import DATASET_NAMES, DatasetError, dataset_info, load_dataset
@@ -84,6 +84,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0, help="classifier init, data order and the labelled subset")
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per forward pass when nothing is trained")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
+    precision.add_flag(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
@@ -158,7 +159,9 @@ def make_classifier(args, backbone, num_classes, device, world):
     return head, net, optimizer, scheduler
 
 
-def train(args, net, backbone, loader, sampler, optimizer, scheduler, device, rank):
+def train(args, net, backbone, loader, sampler, optimizer, scheduler, device, rank, autocast, scaler):
+    """linear: the frozen backbone's forward under `autocast`, the classifier and its loss in float32 (a
+    probe is a measurement). finetune: the whole network under `autocast`, fp16 with the gradient scaler."""
     bar = tqdm(range(args.epochs), desc=args.mode, disable=rank != 0, leave=False, dynamic_ncols=True)
     for epoch in bar:
         sampler.set_epoch(epoch)
@@ -167,26 +170,38 @@ def train(args, net, backbone, loader, sampler, optimizer, scheduler, device, ra
         total, count = 0.0, 0
         for x, y, *_ in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if args.mode == "linear":
-                with torch.no_grad():
-                    x = backbone(x)                                          # [B, out_dim]
-            loss = F.cross_entropy(net(x), y)
+            if args.mode == "finetune":
+                with autocast:
+                    logits = net(x)
+            else:
+                if args.mode == "linear":
+                    with torch.no_grad(), autocast:
+                        x = backbone(x)                                      # [B, out_dim]
+                logits = net(x.float())
+            loss = F.cross_entropy(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             total, count = total + loss.item() * len(y), count + len(y)
         scheduler.step()
         bar.set_postfix(loss=f"{total / max(count, 1):.4f}")
 
 
 @torch.no_grad()
-def test_logits(args, backbone, head, test_set, test_features, device):
-    """[M, K] for the test split: the head on the cached features, or the images through backbone and head."""
+def test_logits(args, backbone, head, test_set, test_features, device, autocast):
+    """[M, K] for the test split: the head on the cached features, or the images through backbone (under
+    `autocast`) and head (float32)."""
     backbone.eval()
     head.eval()
     if test_features is not None:
         return head(test_features)
-    return extract_features(lambda images: head(backbone(images)), test_set, device, args.eval_batch_size, args.workers)
+    classify = precision.float32(head)
+
+    def logits(images):
+        with autocast:
+            return classify(backbone(images))
+    return extract_features(logits, test_set, device, args.eval_batch_size, args.workers)
 
 
 def accuracy(logits, labels):
@@ -241,18 +256,22 @@ def main(args):
         return dist.cleanup()
 
     # ---- data: with --cached-features, one pass of the frozen backbone over each split, shared out over the processes
+    used, _ = precision.resolve(args.precision, device)
+    autocast = precision.autocast(device, used)
+    scaler = torch.amp.GradScaler(device.type, enabled=used == "fp16" and args.mode == "finetune")
     train_set, train_labels, test_set, on_subset = labelled_data(args, config, dataset, root, size)
     test_features = None
     if args.mode == "linear-cached":
-        train_features = extract_features(backbone, train_set, device, args.eval_batch_size, args.workers)  # [N, out_dim]
-        test_features = extract_features(backbone, test_set, device, args.eval_batch_size, args.workers)    # [M, out_dim]
+        with autocast:  # extract_features returns them as float32
+            train_features = extract_features(backbone, train_set, device, args.eval_batch_size, args.workers)  # [N, out_dim]
+            test_features = extract_features(backbone, test_set, device, args.eval_batch_size, args.workers)    # [M, out_dim]
         train_set = TensorDataset(train_features.cpu(), torch.as_tensor(train_labels))
     loader, sampler = make_loader(args, train_set, rank, world)
 
     # ---- training, then proof that a linear evaluation left the backbone as it found it
     frozen = snapshot(backbone) if args.mode != "finetune" else None
     head, net, optimizer, scheduler = make_classifier(args, backbone, test_set.num_classes, device, world)
-    train(args, net, backbone, loader, sampler, optimizer, scheduler, device, rank)
+    train(args, net, backbone, loader, sampler, optimizer, scheduler, device, rank, autocast, scaler)
     if args.mode == "finetune":
         dist.average_buffers(backbone)  # every process then tests the same network
     else:
@@ -260,7 +279,7 @@ def main(args):
 
     # ---- evaluation on the test split
     test_labels = torch.as_tensor(test_set.targets, device=device)
-    top1, top5, hits = accuracy(test_logits(args, backbone, head, test_set, test_features, device), test_labels)
+    top1, top5, hits = accuracy(test_logits(args, backbone, head, test_set, test_features, device, autocast), test_labels)
 
     # ---- output
     result = {"top1": round(top1, 2), "top5": round(top5, 2)}
@@ -268,7 +287,7 @@ def main(args):
         result.update(shot_metrics(hits, test_labels, train_labels, test_set.num_classes), subset=config["subset"])
     result.update(settings(args, config, dataset, size))
     result.update({"train_images": len(train_labels), "test_images": len(test_labels), "classes": test_set.num_classes,
-                   "feature": f"pooled backbone output, {backbone.out_dim}-d", "checkpoint": args.ckpt,
+                   "feature": f"pooled backbone output, {backbone.out_dim}-d", "precision": used, "checkpoint": args.ckpt,
                    "epoch": pretrain_epoch, "processes": world, "seconds": round(time.time() - started, 1), **exported})
     if rank == 0:
         print(jsonl.dumps(result))

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from lib import checkpoint, cli, dist, jsonl, recipes, rng, runfolder, signals
+from lib import checkpoint, cli, dist, jsonl, precision, recipes, rng, runfolder, signals
 from lib.augment import AUG_NAMES, MultiView, test_transform, view_recipes, view_transforms
 from lib.checkpoint import CheckpointError
 from lib.c2bin import ClusterContrast, default_scales
@@ -71,6 +71,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="global batch over all processes; " + FROM_RECIPE)
     p.add_argument("--lr", type=float, help="base lr for batch 128; the run uses lr * batch/128 (authors); " + FROM_RECIPE)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--accumulate", type=int, default=1,
+                   help="split each process's batch into this many micro-batches, one forward and backward each, "
+                        "gradients summed into one step (less memory; BatchNorm and CLD's groups per micro-batch)")
     p.add_argument("--wd", type=float, help="weight decay (the supplementary says 1e-4 throughout; the CIFAR scripts use more); " + FROM_RECIPE)
     p.add_argument("--warmup-epochs", type=int, help="linear warmup from lr/100, then per-iteration cosine; " + FROM_RECIPE)
     p.add_argument("--optimizer", choices=["sgd", "lars"],
@@ -114,7 +117,12 @@ def parse_args(argv=None):
     p.add_argument("--lam", type=float, help="weight of the CLD loss, 0 trains the plain partner; " + FROM_RECIPE)
     p.add_argument("--clusters", type=int, help="K groups per view per batch; " + FROM_RECIPE)
     p.add_argument("--cld-t", type=float, help="T_G, the cross-level temperature; " + FROM_RECIPE)
-    p.add_argument("--group-head", choices=HEADS, help=FROM_RECIPE)
+    p.add_argument("--group-head", choices=HEADS + ("shared",),
+                   help="shared: no group head, CLD groups f_I itself (the one-branch ablation of supplementary "
+                        "Table A.2); " + FROM_RECIPE)
+    p.add_argument("--cross-view", action=argparse.BooleanOptionalAction, default=True,
+                   help="CLD compares each view with the other view's groups (paper Eq. 3); --no-cross-view: with "
+                        "its own view's (the ablation of supplementary Table A.2)")
     p.add_argument("--group-input", choices=GROUP_INPUTS, default="backbone",
                    help="what f_G (or C2BIN's cluster heads) reads with the byol head: the backbone feature, or the "
                         "projector's hidden layer (the authors do not say; README)")
@@ -153,7 +161,7 @@ def parse_args(argv=None):
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a --resume file that holds more than tensors and plain values (a checkpoint of an "
                         "earlier version) with full unpickling, which runs any code in it; only for files you trust")
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"], help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    precision.add_flag(p)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--max-bad-steps", type=int, default=20,
                    help="stop after this many steps in a row with a non-finite loss, gradient or BatchNorm statistic "
@@ -192,6 +200,10 @@ def parse_args(argv=None):
                 "use --data-path loader")
     if args.data_path == "device" and loader_only:
         p.error(f"--data-path device cannot build {' or '.join(loader_only)} on the device: use --data-path loader")
+    try:
+        precision.resolve(args.precision, training_device())
+    except precision.PrecisionError as e:
+        p.error(str(e))
     if args.sources["warmup_epochs"] == "flag" and args.warmup_epochs > args.epochs:  # a recipe's 5 fits any run
         p.error(f"--warmup-epochs must be at most --epochs ({args.epochs}), got {args.warmup_epochs}")
     check_args(p, args)
@@ -207,7 +219,7 @@ RANGES = {
     "knn_k": POSITIVE, "save_every": NON_NEGATIVE, "max_bad_steps": POSITIVE, "dist_timeout": POSITIVE,
     "lars_eta": POSITIVE, "byol_hidden": POSITIVE, "byol_dim": POSITIVE, "c2bin_scales": Range(2, text="2 or more"),
     "c2bin_t": POSITIVE,
-    "sync_every": POSITIVE, "beta": Range(0, 1, text="in [0, 1]"),
+    "sync_every": POSITIVE, "beta": Range(0, 1, text="in [0, 1]"), "accumulate": POSITIVE,
 }
 
 
@@ -225,11 +237,20 @@ METRICS = ("loss", "loss_ins", "loss_cld", "group_acc")
 # What --resume reads from a checkpoint besides the network.
 RESUME_CONFIG = ("dataset", "arch", "dim", "instance_head", "group_head", "mlp", "moco")
 RESUME_STATE = ("memory", "optimizer", "scaler", "epoch", "step", "sums", "rng")
+# What the loop keeps of a resumed checkpoint once its modules hold the rest.
+POSITION = ("epoch", "step", "sums", "skipped_steps", "records", "rng")
 
 
-def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, scaler, autocast, stop_requested=False):
+def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, scaler, autocast, stop_requested=False,
+               accumulate=1):
     """One optimisation step. views: as many views of each image as the partner needs; the first two go
     through the online network (CLD runs between them), and any others the partner's online_views names.
+
+    accumulate > 1 splits the batch into that many micro-batches, each forward and backward on its own
+    (BatchNorm statistics and CLD's groups are then the micro-batch's, as they are each process's under
+    torchrun), their gradients summed into one optimizer step; the partner updates once, after it, with
+    what all micro-batches produced, as after one step on the whole batch (the bank rows of every image,
+    every key enqueued, one EMA move).
 
     A step whose loss, gradient or BatchNorm statistics are not finite on any process changes nothing:
     no optimizer step, no partner update (bank rows, key encoder, queue), and the BatchNorm statistics its
@@ -237,25 +258,35 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
     Every process takes the same decision: the flag is all-reduced together with stop_requested (this
     process caught a signal), one collective per step. The decision stays on the device (optimizer,
     statistics and partner keep or drop their update with it), so the host never waits for the step.
-    Returns (metrics [4], applied [] bool, any process asked to stop [] bool), all on the device.
+    Returns (metrics [len(metric_names)], applied [] bool, any process asked to stop [] bool), all on the device.
     """
     volatile = batchnorm_buffers(raw_model) + batchnorm_buffers(partner)   # what a forward pass moves
     saved = [buffer.clone() for buffer in volatile]
-    online = [views[i] for i in getattr(partner, "online_views", (0, 1))]
-    with autocast:
-        (f1, g1), (f2, g2), *more = model(*online)                          # each [B, dim]
-        loss_ins, pending = partner.loss([f1, f2, *(f for f, _ in more)], views, indices)
-        loss_cld, group_acc, grad_scale = cld(g1, g2, step)
-        loss = loss_ins + cld.lam * loss_cld
     optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss_ins + cld.lam * grad_scale * loss_cld).backward()
+    metrics, pendings = [], []
+    for k, (part, part_indices) in enumerate(micro_batches(views, indices, accumulate)):
+        # DDP averages the gradients over processes once, in the last micro-batch's backward.
+        syncing = k == accumulate - 1 or not hasattr(model, "no_sync")
+        with contextlib.nullcontext() if syncing else model.no_sync():
+            online = [part[i] for i in getattr(partner, "online_views", (0, 1))]
+            with autocast:
+                (f1, g1), (f2, g2), *more = model(*online)                  # each [B, dim]
+                loss_ins, pending, *partner_terms = partner.loss([f1, f2, *(f for f, _ in more)], part, part_indices)
+                loss_cld, group_acc, grad_scale, *cld_terms = cld(g1, g2, step)
+                loss = loss_ins + cld.lam * loss_cld
+            objective = loss_ins + cld.lam * grad_scale * loss_cld
+            scaler.scale(objective / accumulate if accumulate > 1 else objective).backward()
+        metrics.append(torch.cat([torch.stack([loss, loss_ins, loss_cld, group_acc]).detach().float().flatten(),
+                                  *(t.detach().float().flatten() for t in partner_terms + cld_terms)]))
+        pendings.append(pending)
+    metrics = torch.stack(metrics).mean(0) if accumulate > 1 else metrics[0]
     scaler.unscale_(optimizer)  # the gradients at their true scale; nothing to do without fp16
     grads = [p.grad for p in raw_model.parameters() if p.grad is not None]
-    grad_norm = total_norm(grads) if grads else torch.zeros((), device=loss.device)
+    grad_norm = total_norm(grads) if grads else torch.zeros((), device=metrics.device)
     # A gradient norm beyond float32's range counts as non-finite; so does a BatchNorm statistic that overflowed
     # in a forward pass whose loss BatchNorm itself kept finite.
     statistics = torch.cat([buffer.flatten() for buffer in volatile if buffer.is_floating_point()] or [grad_norm[None]])
-    bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm) & torch.isfinite(statistics).all())
+    bad = ~(torch.isfinite(metrics[0]) & torch.isfinite(grad_norm) & torch.isfinite(statistics).all())
     stop_flag = torch.full((), float(stop_requested), device=bad.device)  # a fill, not a copy from the host
     flags = dist.all_reduce_sum(torch.stack([bad.float(), stop_flag]))
     skip, any_stop = flags[0] > 0, flags[1] > 0
@@ -264,10 +295,34 @@ def train_step(model, raw_model, partner, cld, views, indices, step, optimizer, 
             buffer.copy_(torch.where(skip, value, buffer))
     step_unless(optimizer, skip)
     optimizer.zero_grad(set_to_none=True)
-    partner.update(raw_model, pending, ~skip)  # bank, key encoder, queue: after the step, outside autograd
+    partner.update(raw_model, merged(pendings), ~skip)  # bank, key encoder, queue: after the step, outside autograd
     scaler.update()
-    metrics = torch.stack([loss.detach(), loss_ins.detach(), loss_cld.detach(), group_acc.detach()]).float()
     return metrics, ~skip, any_stop
+
+
+def micro_batches(views, indices, n):
+    """The batch as n equal micro-batches: [(views, indices)], each view and indices cut alike along dim 0."""
+    if n == 1:
+        return [(views, indices)]
+    cut = [v.chunk(n) for v in views]
+    return list(zip(zip(*cut), indices.chunk(n)))
+
+
+def merged(pendings):
+    """What the partner's loss returned for each micro-batch, as one: tensors concatenated along dim 0, in
+    micro-batch order, inside the same nesting of tuples and lists (None stays None)."""
+    first = pendings[0]
+    if len(pendings) == 1 or first is None:
+        return first
+    if isinstance(first, torch.Tensor):
+        return torch.cat(pendings)
+    return type(first)(merged(list(parts)) for parts in zip(*pendings))
+
+
+def metric_names(partner, cld):
+    """The run's per-step numbers, in the order train_step returns them: METRICS, then the partner's own loss
+    terms (lib/infomin.py: query and jigsaw), then the CLD term's (lib/c2bin.py: column contrast, entropy)."""
+    return METRICS + tuple(getattr(partner, "terms", ())) + tuple(getattr(cld, "terms", ()))
 
 
 def step_unless(optimizer, skip):
@@ -346,22 +401,31 @@ def refuse_non_finite(state, path):
 
 # ---------------------------------------------------------------- the stages of main
 
+def training_device():
+    """The kind of device dist.setup trains on (a GPU when there is one), before it is set up."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def resolved_config(args, world):
     """Every setting of the run, as config.json and --print-config show it."""
-    precision = args.precision if args.precision != "auto" else ("bf16" if torch.cuda.is_available() else "fp32")
+    used, why = precision.resolve(args.precision, training_device())
     return {**vars(args), "world_size": world, "peak_lr": args.lr * args.batch_size / 128,
-            "batch_per_process": args.batch_size // world, "precision": precision}
+            "batch_per_process": args.batch_size // world, "precision": used, "precision_reason": why}
 
 
 def check_run(args, world):
     """What needs the number of processes, and the run folder; warns when every image is its own group."""
     if args.batch_size % world:
         raise SystemExit(f"error: --batch-size {args.batch_size} does not split evenly over {world} processes")
-    per_process = args.batch_size // world
+    if (args.batch_size // world) % args.accumulate:
+        raise SystemExit(f"error: the {args.batch_size // world} images per process do not split into --accumulate "
+                         f"{args.accumulate} equal micro-batches")
+    per_process = args.batch_size // world // args.accumulate
     if args.lam > 0 and not args.c2bin and args.clusters >= per_process:
         zeros = (args.cluster_method == "kmeans" and args.kmeans == "euclidean" and args.kmeans_init == "first"
                  and args.clusters > per_process)
-        print(f"warning: --clusters {args.clusters} >= {per_process} images per process: every image becomes its own "
+        where = "micro-batch (--accumulate)" if args.accumulate > 1 else "process"
+        print(f"warning: --clusters {args.clusters} >= {per_process} images per {where}: every image becomes its own "
               f"group and CLD (paper Eq. 3) degenerates into a cross-view instance contrast within the batch over "
               f"{per_process} singleton groups"
               + (f", plus {args.clusters - per_process} zero centroids of the authors' k-means, each adding a "
@@ -419,7 +483,7 @@ def make_cross_level(args):
         return ClusterContrast(args.c2bin_scales, args.c2bin_t, args.lam)
     group = grouping(args.clusters, args.cluster_method, args.kmeans_iters, spherical=args.kmeans == "spherical",
                      init=args.kmeans_init, affinity=args.spectral_affinity)
-    return CrossLevel(group, args.cld_t, args.lam, gather=args.gather_groups, seed=args.seed)
+    return CrossLevel(group, args.cld_t, args.lam, gather=args.gather_groups, seed=args.seed, cross=args.cross_view)
 
 
 def make_network(args, spec, partner_class, dataset_size, world, device):
@@ -435,21 +499,24 @@ def make_network(args, spec, partner_class, dataset_size, world, device):
     else:
         optimizer = torch.optim.SGD(raw_model.parameters(), lr=args.lr * args.batch_size / 128,
                                     momentum=args.momentum, weight_decay=args.wd, fused=True)  # fused: skips a bad step on the device
-    precision = resolved_config(args, world)["precision"]
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
-                if precision in ("bf16", "fp16") else contextlib.nullcontext())
-    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    return raw_model, partner, optimizer, scaler, autocast
+    used, _ = precision.resolve(args.precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=used == "fp16")
+    return raw_model, partner, optimizer, scaler, precision.autocast(device, used)
 
 
-def load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, train_images):
-    """Restore a checkpoint into the run; returns it (its position, sums and RNG states)."""
-    ckpt = checkpoint.load(args.resume, device, trust=args.trust_checkpoint, needs=RESUME_CONFIG)
+def load_resume(args, spec, raw_model, partner, optimizer, scaler, world, train_images, width):
+    """Restore a checkpoint into the run, whatever device it trains on; returns what the loop needs of it
+    beyond the modules (POSITION: epoch, step, sums, skipped steps, records, RNG states).
+
+    The file is read to the CPU and load_state_dict copies each tensor onto the module's device: the RNG
+    states must stay CPU tensors (torch.set_rng_state takes no other), and nothing of the loaded file
+    outlives this call (on a GPU a second copy of bank, optimizer and key encoder would)."""
+    ckpt = checkpoint.load(args.resume, "cpu", trust=args.trust_checkpoint, needs=RESUME_CONFIG)
     absent = [key for key in RESUME_STATE if key not in ckpt]
     if absent:
         raise CheckpointError(f"{args.resume} cannot be resumed: it lacks {', '.join(absent)}; "
                               "pass a last.pth or epoch_N.pth written by train_cld.py")
-    check_position(ckpt, args.resume)
+    check_position(ckpt, args.resume, width)
     check_same_steps(args, ckpt, world, train_images)
     if args.trust_checkpoint:
         ckpt = checkpoint.convert_legacy(ckpt)
@@ -471,7 +538,7 @@ def load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world
             reason = (str(e).splitlines() or [""])[0].strip() or type(e).__name__
             raise CheckpointError(f"{args.resume} cannot be resumed: its {what} state ({key!r}) does not fit this "
                                   f"run: {reason}") from None
-    return ckpt
+    return {key: ckpt[key] for key in POSITION if key in ckpt}
 
 
 def step_settings(config, world, train_images):
@@ -496,8 +563,9 @@ def check_same_steps(args, ckpt, world, train_images):
                 f"or from a checkpoint saved at the end of an epoch (epoch_N.pth)")
 
 
-def check_position(ckpt, path):
-    """The entries that say where a checkpoint stands must be what save() writes."""
+def check_position(ckpt, path, width):
+    """The entries that say where a checkpoint stands must be what save() writes; width: the run's number of
+    metrics (len(metric_names)), or the 4 of METRICS in a checkpoint written before a partner logged its terms."""
     def count(value):
         return isinstance(value, int) and not isinstance(value, bool) and value >= 0
     problems = [
@@ -505,8 +573,8 @@ def check_position(ckpt, path):
         (not count(ckpt["step"]), f"step {ckpt['step']!r} is not a count"),
         (not count(ckpt.get("skipped_steps", 0)), f"skipped_steps {ckpt.get('skipped_steps')!r} is not a count"),
         (not (isinstance(ckpt["sums"], torch.Tensor) and ckpt["sums"].dim() in (1, 2)
-              and ckpt["sums"].shape[-1] == len(METRICS)),
-         f"sums {tuple(getattr(ckpt['sums'], 'shape', ()))} is not [{len(METRICS)}] or [processes, {len(METRICS)}]"),
+              and ckpt["sums"].shape[-1] in (len(METRICS), width)),
+         f"sums {tuple(getattr(ckpt['sums'], 'shape', ()))} is not [{width}] or [processes, {width}]"),
         (not (isinstance(ckpt["rng"], list) and ckpt["rng"] and all(isinstance(state, dict) and
                                                                      {"torch", "numpy", "python"} <= state.keys()
                                                                      for state in ckpt["rng"])),
@@ -518,7 +586,7 @@ def check_position(ckpt, path):
                                   "by train_cld.py")
 
 
-def claim_run_folder(args, rank, world, ckpt, progress):
+def claim_run_folder(args, rank, world, resumed, progress):
     """Process 0 locks --out for the run's life (another run there stops here, on every process), removes
     the temporaries killed writes left, writes config.json and brings metrics.jsonl in line with the
     checkpoint resumed from."""
@@ -537,7 +605,7 @@ def claim_run_folder(args, rank, world, ckpt, progress):
             print(f"note: removed {len(removed)} temporary file(s) that killed writes left in {args.out}: "
                   f"{', '.join(removed)}", file=sys.stderr)
         checkpoint.write_json_atomic(resolved_config(args, world), os.path.join(args.out, "config.json"))
-        if ckpt is not None:
+        if resumed is not None:
             repair_metrics(args, progress)
 
 
@@ -549,13 +617,13 @@ def repair_metrics(args, progress):
         runfolder.report_repair(path, *runfolder.repair_metrics(path, progress.epoch, progress.records))
 
 
-def seed_processes(args, rank, world, ckpt):
+def seed_processes(args, rank, world, resumed):
     """From here on each process draws its own augmentations; a resumed run continues its saved streams."""
     torch.manual_seed(args.seed + rank)
     np.random.seed(args.seed + rank)
     random.seed(args.seed + rank)
-    if ckpt is not None:
-        states = ckpt["rng"]
+    if resumed is not None:
+        states = resumed["rng"]
         if len(states) != world:
             print(f"warning: resuming {len(states)}-process RNG state on {world} processes: not bit-exact", file=sys.stderr)
         try:
@@ -584,11 +652,13 @@ class Run:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     autocast: object
+    metrics: tuple                  # the names of what train_step returns per step (metric_names)
 
 
 @dataclass
 class Progress:
-    """Where the run stands: the epoch, the steps of it already trained, the sums of METRICS over them, how
+    """Where the run stands: the epoch, the steps of it already trained, the sums of the run's metrics
+    (metric_names) over them, how
     many of them were skipped for a non-finite value, and how many steps in a row were (across epochs; not
     saved: a resumed run starts counting again)."""
     epoch: int
@@ -599,17 +669,20 @@ class Progress:
     records: list = field(default_factory=list)  # the finished epochs' lines of metrics.jsonl, saved with the state
 
     @classmethod
-    def start(cls, ckpt, device, rank=0, world=1):
-        """The checkpoint's position, each process continuing its own sums ([processes, METRICS] since they
-        are saved per process; earlier checkpoints hold process 0's only, which every process then takes)."""
-        if ckpt is None:
-            return cls(0, 0, torch.zeros(len(METRICS), device=device))
-        sums = ckpt["sums"]
+    def start(cls, resumed, device, width, rank=0, world=1):
+        """The position load_resume returned (None: the beginning), each process continuing its own sums of
+        `width` metrics ([processes, width] since they are saved per process; earlier checkpoints hold
+        process 0's only, which every process then takes, and the 4 of METRICS only, the partner's terms
+        then starting from 0)."""
+        if resumed is None:
+            return cls(0, 0, torch.zeros(width, device=device))
+        sums = resumed["sums"]
         if sums.dim() == 2:
             # Another number of processes only resumes at an epoch boundary (check_same_steps): all zero there.
-            sums = sums[rank] if len(sums) == world else torch.zeros(len(METRICS))
-        return cls(ckpt["epoch"], ckpt["step"], sums.to(device), ckpt.get("skipped_steps", 0),
-                   records=list(ckpt.get("records", [])))
+            sums = sums[rank] if len(sums) == world else torch.zeros(sums.shape[-1])
+        sums = torch.cat([sums, torch.zeros(width - len(sums))])
+        return cls(resumed["epoch"], resumed["step"], sums.to(device), resumed.get("skipped_steps", 0),
+                   records=list(resumed.get("records", [])))
 
 
 class StopSignal:
@@ -661,16 +734,20 @@ def train_epoch(run, progress, stop, last_good):
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         views = [v.contiguous(memory_format=LAYOUT) if v.dim() == 4 else v for v in views]  # not jigsaw tiles [B,T,C,h,w]
-        metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views, indices,
-                                                global_step, run.optimizer, run.scaler, run.autocast, bool(stop))
+        with dist.guarded("a training step"):  # its collectives wait for the other processes
+            metrics, applied, stopping = train_step(run.model, run.raw_model, run.partner, run.cld, views, indices,
+                                                    global_step, run.optimizer, run.scaler, run.autocast, bool(stop),
+                                                    args.accumulate)
         progress.step = step + 1
         progress.sums += torch.where(applied, metrics, 0.0)
         counts.add(applied, stopping, global_step, args.max_bad_steps)
         if progress.step % every and progress.step < steps:
             continue
-        # ---- the host reads the counters: one wait for the device per --sync-every steps
-        stopping, tripped = counts.read(progress)
-        bar.set_postfix(loss=f"{progress.sums[0].item() / max(1, step + 1 - progress.skipped):.3f}", lr=f"{lr:.4f}")
+        # ---- the host reads the counters: one wait for the device (and, on NCCL, for the others) per --sync-every steps
+        with dist.guarded("reading the step counters"):
+            stopping, tripped = counts.read(progress)
+            loss = progress.sums[0].item() / max(1, step + 1 - progress.skipped)
+        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.4f}")
         if stopping:
             save(run, progress, os.path.join(args.out, "last.pth"))
             if run.rank == 0:
@@ -727,7 +804,7 @@ def epoch_record(run, progress, lr, steps_run, train_seconds):
     args, steps = run.args, run.sampler.steps_per_epoch
     dist.average_buffers(run.raw_model)
     record = {"epoch": progress.epoch + 1, "lr": lr}
-    record.update(zip(METRICS, (dist.all_reduce_sum(progress.sums) / ((steps - progress.skipped) * run.world)).tolist()))
+    record.update(zip(run.metrics, (dist.all_reduce_sum(progress.sums) / ((steps - progress.skipped) * run.world)).tolist()))
     record["skipped_steps"] = progress.skipped
     if (args.knn_every and (progress.epoch + 1) % args.knn_every == 0) or progress.epoch + 1 == args.epochs:
         run.raw_model.eval()
@@ -751,19 +828,20 @@ def main(args):
     raw_model.to(memory_format=LAYOUT)  # in place: the optimizer keeps its parameters
     partner.to(memory_format=LAYOUT)
     cld = make_cross_level(args)
+    metrics = metric_names(partner, cld)
 
     # ---- where to start: a checkpoint's position, or the beginning
-    ckpt = (load_resume(args, spec, raw_model, partner, optimizer, scaler, device, world, sampler.size)
-            if args.resume else None)
-    progress = Progress.start(ckpt, device, rank, world)
+    resumed = (load_resume(args, spec, raw_model, partner, optimizer, scaler, world, sampler.size, len(metrics))
+               if args.resume else None)
+    progress = Progress.start(resumed, device, len(metrics), rank, world)
     model = torch.compile(raw_model) if args.compile else raw_model
     if world > 1:  # with --lam 0 the group head gets no gradient, which DDP must be told
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
                                         find_unused_parameters=args.lam == 0)
-    seed_processes(args, rank, world, ckpt)
-    claim_run_folder(args, rank, world, ckpt, progress)
+    seed_processes(args, rank, world, resumed)
+    claim_run_folder(args, rank, world, resumed, progress)
     run = Run(args, rank, world, device, spec, batches, sampler, knn_train, knn_test, model, raw_model, partner, cld,
-              optimizer, scaler, autocast)
+              optimizer, scaler, autocast, metrics)
     stop = StopSignal()
     last_good = f"{args.resume} is untouched" if args.resume else "no checkpoint was written"
 

@@ -20,7 +20,9 @@ measured in turn; on the CPU the process's CPU time is given beside the wall tim
 shared machine change the latter (the loader's worker processes are not in it).
 """
 import argparse
+import contextlib
 import json
+import math
 import os
 import platform
 import resource
@@ -117,7 +119,7 @@ def bench_augment(args, device):
 BANK_ROWS = {32: 50_000, 224: 1_281_167}  # CIFAR, ImageNet
 
 
-def build(args, partner, arch, size, batch, device, data_path, workers=0, compile_model=False):
+def build(args, partner, arch, size, batch, device, data_path, workers=0, compile_model=False, precision="auto"):
     """A train_cld Run over random images: the CIFAR-10 recipe row of the partner at this arch, size and batch;
     K scaled with the batch (the row's K x batch / 256). steps + 1 batches per epoch; an NPID bank of the real
     dataset's size (BANK_ROWS), of which the batches touch the first rows."""
@@ -125,7 +127,7 @@ def build(args, partner, arch, size, batch, device, data_path, workers=0, compil
     row_k = 128 if partner == "npid" else 200
     argv = ["--dataset", "synthetic", "--arch", arch, "--image-size", str(size), "--batch-size", str(batch),
             "--partner", partner, "--clusters", str(max(2, row_k * batch // 256)), "--data-path", data_path,
-            "--workers", str(workers), "--out", tempfile.mkdtemp(prefix="bench-")]
+            "--workers", str(workers), "--precision", precision, "--out", tempfile.mkdtemp(prefix="bench-")]
     run_args = train_cld.parse_args(argv)
     info = dataset_info("synthetic")
     spec = NetworkSpec.from_config(vars(run_args), info.channels)
@@ -146,8 +148,9 @@ def build(args, partner, arch, size, batch, device, data_path, workers=0, compil
     raw_model.to(memory_format=train_cld.LAYOUT)
     memory.to(memory_format=train_cld.LAYOUT)
     model = torch.compile(raw_model) if compile_model else raw_model
+    cld = train_cld.make_cross_level(run_args)
     return train_cld.Run(run_args, 0, 1, device, spec, source, sampler, None, None, model, raw_model, memory,
-                         train_cld.make_cross_level(run_args), optimizer, scaler, autocast)
+                         cld, optimizer, scaler, autocast, train_cld.metric_names(memory, cld))
 
 
 def fixed_batch(run):
@@ -192,7 +195,7 @@ def count_syncs(run, steps):
 def end_to_end(run):
     """One epoch of train_cld.train_epoch (steps + 1 steps; the first one starts the loader's workers)."""
     def go():
-        progress = train_cld.Progress.start(None, run.device)
+        progress = train_cld.Progress.start(None, run.device, len(run.metrics))
         train_cld.train_epoch(run, progress, [], "")
     return go
 
@@ -263,6 +266,69 @@ def bench_share(args, run, step_seconds):
              seconds_per_step=seconds, share_of_step=seconds / step_seconds, clusters=run.args.clusters)
 
 
+# ----------------------------------------------------------------------------- precision
+
+def bf16_hardware():
+    """The CPU's bf16 instructions (AMX, AVX512-BF16) from /proc/cpuinfo; without them torch emulates bf16."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line.split(":", 1)[1].split() for line in f if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return None
+    return sorted(flag for flag in flags if flag in ("amx_bf16", "amx_tile", "avx512_bf16"))
+
+
+def bench_precision(args, device):
+    """The NPID+CLD step alone in each precision: CIFAR ResNet-18 at 32 px and the quick start's ResNet-20 at
+    8 px, batch 128; the precisions measured in turn, --repeats times."""
+    precisions = ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
+    for arch, size in (("resnet18_cifar", 32), ("resnet20", 8)):
+        figures = {}
+        for precision in precisions:
+            run = build(args, "npid", arch, size, 128, device, "device", precision=precision)
+            go = steps_alone(run, args.steps)
+            go()  # warm-up
+            figures[precision] = go
+        best = {precision: min(timed(device, go)[0] for _ in range(args.repeats)) / args.steps
+                for precision, go in figures.items()}
+        for precision, seconds in best.items():
+            emit(part="precision", arch=arch, size=size, batch=128, precision=precision, seconds_per_step=seconds,
+                 vs_fp32=seconds / best["fp32"], cpu_bf16_instructions=bf16_hardware() if device.type == "cpu" else None)
+
+
+def saved_bytes_per_image(arch, size, precision, images=2):
+    """Bytes autograd keeps for the backward pass of one image through the BYOL+CLD online network (backbone,
+    BYOL projector and predictor, group head) in training mode, on the CPU: the activation memory of a step,
+    counted from the tensors saved for backward (each storage once), per image."""
+    from lib.models import CLDNet
+    model = CLDNet(arch, 3, instance_head="byol", group_head="normlinear").train().to(memory_format=torch.channels_last)
+    x = torch.randn(images, 3, size, size).contiguous(memory_format=torch.channels_last)
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), context:
+        (f1, g1), = model(x)
+        loss = f1.float().sum() + g1.float().sum()
+    loss.backward()
+    return sum(storages.values()) / images
+
+
+def bench_memory(args):
+    """Activation memory of the byol/imagenet recipe row on paper: 4,096 images over 8 GPUs is 512 per GPU,
+    two views each through the online network with gradients (the target network's forward keeps nothing)."""
+    for precision in ("fp32", "bf16"):
+        per_image = saved_bytes_per_image("resnet50", 224, precision)
+        per_gpu = per_image * 512 * 2
+        emit(part="memory", arch="resnet50", size=224, precision=precision, saved_mib_per_image=per_image / 2**20,
+             views_per_gpu=1024, activations_gib_per_gpu=per_gpu / 2**30,
+             accumulate_for_80gib=max(1, math.ceil(per_gpu / (60 * 2**30))),
+             how="bytes of the tensors autograd saves for backward (saved_tensors_hooks), each storage once")
+
+
 # ----------------------------------------------------------------------------- the quick start's epoch
 
 QUICK = ["--dataset", "digits", "--arch", "resnet20", "--epochs", "30", "--batch-size", "128", "--clusters", "10",
@@ -280,8 +346,10 @@ def bench_quick(args, device):
         raw_model, memory, optimizer, scaler, autocast = train_cld.make_network(
             run_args, spec, PARTNERS["npid"], sampler.size, 1, device)
         raw_model.to(memory_format=train_cld.LAYOUT)
+        cld = train_cld.make_cross_level(run_args)
         runs[path] = train_cld.Run(run_args, 0, 1, device, spec, batches, sampler, knn_train, knn_test, raw_model,
-                                   raw_model, memory, train_cld.make_cross_level(run_args), optimizer, scaler, autocast)
+                                   raw_model, memory, cld, optimizer, scaler, autocast,
+                                   train_cld.metric_names(memory, cld))
     times = {path: [] for path in runs}
     for _ in range(2 * args.repeats):
         for path, run in runs.items():
@@ -344,6 +412,13 @@ def table():
                          f"x{r['cpu_vs_loader']:.2f} |")
         elif r["part"] == "quick":
             lines.append(f"| quick start kNN monitor (1,437 x 360) | | {r['seconds']:.2f} s |")
+        elif r["part"] == "precision":
+            lines.append(f"| NPID+CLD step, {r['arch']} {r['size']} px, batch {r['batch']} | {r['precision']} | "
+                         f"{r['seconds_per_step'] * 1000:.0f} ms/step, x{r['vs_fp32']:.2f} of fp32's time |")
+        elif r["part"] == "memory":
+            lines.append(f"| activations, BYOL+CLD ResNet-50 224 px, 512 images x 2 views per GPU | {r['precision']} | "
+                         f"{r['saved_mib_per_image']:.0f} MiB per image, {r['activations_gib_per_gpu']:.0f} GiB per GPU; "
+                         f"--accumulate {r['accumulate_for_80gib']} keeps it under 60 GiB |")
         elif r["part"] == "knn":
             lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']} | time, peak memory | "
                          f"{r['seconds']:.2f} s, +{r['peak_extra_mib']:.0f} MiB |")
@@ -366,7 +441,7 @@ def main():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu, help="also the compiled step")
     p.add_argument("--imagenet", action="store_true", help="also ResNet-50 at 224 px (batch --imagenet-batch)")
     p.add_argument("--imagenet-batch", type=int, default=128)
-    p.add_argument("--parts", default="knn,quick,augment,step", help="which parts, comma-separated")
+    p.add_argument("--parts", default="knn,quick,augment,step,precision,memory", help="which parts, comma-separated")
     args = p.parse_args()
     device = torch.device("cuda" if gpu else "cpu")
     parts = args.parts.split(",")
@@ -384,6 +459,10 @@ def main():
         bench_training(args, device, "resnet18_cifar", 32, args.batch)
         if args.imagenet:
             bench_training(args, device, "resnet50", 224, args.imagenet_batch)
+    if "precision" in parts:
+        bench_precision(args, device)
+    if "memory" in parts:
+        bench_memory(args)
     emit(part="machine", load_after=os.getloadavg())
     table()
 

@@ -1,42 +1,91 @@
 #!/usr/bin/env bash
-# On a machine with a CUDA GPU: the GPU benchmark, then a short device-path training and its resume.
+# The first thing to run on a machine with a CUDA GPU: does every script run there, and how fast.
 #
-#   bash experiments/gpu_check.sh            # PY=python OUT=runs/gpu_check by default
+#   bash experiments/gpu_check.sh          # PY=python OUT=runs/gpu_check; at most ~8 minutes on one H100
 #
-# 1. experiments/benchmark.py --imagenet: CIFAR ResNet-18 at 32 px (batch 256) and ResNet-50 at 224 px
-#    (batch 128), NPID+CLD and MoCo+CLD, step alone vs end to end on both data paths, with and without
-#    --compile; the host synchronisations counted inside the step (CUDA's sync debug mode: 0 expected);
-#    augmentation throughput; kNN over a 50k x 10k bank. JSON lines in OUT/benchmark.jsonl.
-# 2. train_cld.py on the synthetic CIFAR-format data (5,120 random 32 px images), 2 epochs of 20 steps,
-#    --data-path device (bf16 autocast, channels_last, host reads every 20 steps), then the same with
-#    --compile, then the first run resumed from its epoch_1.pth; the end prints whether the resumed
-#    last.pth equals the uninterrupted run's bit for bit (exact on CPU; on CUDA only where the kernels are
-#    deterministic, which atomics-based ones such as index_put with accumulation are not).
-set -euo pipefail
+# Every item runs on synthetic data (lib/data.py: 5,120 random 32 px images), under the GPU's defaults
+# (--precision auto: bf16 autocast, fp16 with the scaler on a GPU without bf16; the host reading the device
+# every 20 steps), each with a time limit; it prints one PASS or FAIL line per item, a failing item does not
+# stop the others, and the last line is the summary. Logs go to OUT/<item>.log, the benchmark's JSON lines
+# to OUT/benchmark.jsonl.
+#   train <partner>   one epoch of NPID+CLD, MoCo+CLD, BYOL+CLD, C2BIN and InfoMin+CLD, kNN monitor at its end
+#   fp16, accumulate  NPID+CLD with --precision fp16 (the gradient scaler) and with --accumulate 2
+#   resume            two epochs with epoch_1.pth kept, resumed from it: ends where the uninterrupted run
+#                     ends (bit-exact only where every kernel is deterministic; the line says which)
+#   eval_*            eval_knn.py, eval_linear.py (cached features and the frozen-backbone probe),
+#                     eval_features.py (two runs, ranked), eval_clusters.py (C2BIN's heads)
+#   compile           NPID+CLD with --compile
+#   nccl              two processes over NCCL with --gather-groups, when the machine has two GPUs
+#   benchmark         experiments/benchmark.py --imagenet: steps, data paths, host syncs per step (0 expected)
+# Without a GPU it says so in one line and exits 2; CPU=1 runs the same items on the CPU (ResNet-20, small
+# batches), which is how this script itself is tested.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 OUT=${OUT:-runs/gpu_check}
+if [ "${CPU:-0}" = 1 ]; then
+  ARCH=(--arch resnet20 --batch-size 128 --workers 0); LIMIT=${LIMIT:-900}; BENCH=(--parts quick --repeats 1)
+elif $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  ARCH=(--batch-size 256 --workers 8); LIMIT=${LIMIT:-150}; BENCH=(--imagenet --steps 20 --repeats 2)
+else
+  echo "gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False), nothing was run; CPU=1 runs the items on the CPU"
+  exit 2
+fi
 rm -rf "$OUT" && mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+started=$SECONDS passed=0 failed=0
 
-$PY experiments/benchmark.py --imagenet | tee "$OUT/benchmark.jsonl"
+# item NAME COMMAND...: run it with a time limit, log to OUT/NAME.log, one PASS or FAIL line.
+item() {
+  local name=$1; shift
+  local t0=$SECONDS
+  if timeout "$LIMIT" "$@" > "$OUT/$name.log" 2>&1; then
+    passed=$((passed + 1))
+    printf 'PASS  %-22s %4d s  %s\n' "$name" $((SECONDS - t0)) "$(summary "$name")"
+  else
+    local rc=$?
+    failed=$((failed + 1))
+    printf 'FAIL  %-22s %4d s  exit %d: %s\n' "$name" $((SECONDS - t0)) "$rc" \
+      "$(grep -v '^\s*$' "$OUT/$name.log" | tail -n 1 | cut -c1-160)"
+  fi
+}
 
-COMMON=(--dataset synthetic --epochs 2 --batch-size 256 --knn-every 1 --data-path device --workers 4)
-$PY train_cld.py "${COMMON[@]}" --save-every 1 --out "$OUT/device"
-$PY train_cld.py "${COMMON[@]}" --compile --out "$OUT/compiled"
-$PY train_cld.py "${COMMON[@]}" --resume "$OUT/device/epoch_1.pth" --out "$OUT/resumed"
-$PY - "$OUT" <<'PY'
-import json, sys, torch
-out = sys.argv[1]
-def state(run):
-    ckpt = torch.load(f"{out}/{run}/last.pth", weights_only=True, map_location="cpu")
-    return ckpt["model"], ckpt["memory"], ckpt["optimizer"]["state"]
-def equal(a, b):
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(equal(a[k], b[k]) for k in a)
-    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-for run in ("device", "compiled", "resumed"):
-    for line in open(f"{out}/{run}/metrics.jsonl"):
-        print(run, line.strip())
-print(json.dumps({"resume_bit_exact": equal(state("device"), state("resumed"))}))
-PY
+# summary NAME: the item's result in a few words (the last metrics line of a run, or the last JSON line).
+summary() {
+  if [ -f "$OUT/$1/metrics.jsonl" ]; then
+    $PY -c "import json,sys; r=json.loads(open(sys.argv[1]).read().splitlines()[-1]); print(f\"epoch {r['epoch']}: loss {r['loss']:.3f}, kNN {r.get('knn_top1') or 0:.1f}%, {r['images_per_s']:.0f} img/s, {r['skipped_steps']} skipped\")" "$OUT/$1/metrics.jsonl"
+  else
+    grep '^{' "$OUT/$1.log" | tail -n 1 | cut -c1-140
+  fi
+}
+
+train() {  # train NAME ARGS...: train_cld.py on synthetic data into OUT/NAME
+  local name=$1; shift
+  item "$name" $PY train_cld.py --dataset synthetic "${ARCH[@]}" --epochs 1 --knn-every 1 "$@" --out "$OUT/$name"
+}
+
+command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+train npid
+train moco --moco --queue 4096
+train byol --byol --lam 0
+train c2bin --c2bin
+train infomin --infomin --queue 4096
+train fp16 --precision fp16
+train accumulate --accumulate 2
+item resume bash -c "$PY train_cld.py --dataset synthetic ${ARCH[*]} --epochs 2 --knn-every 0 --save-every 1 --out $OUT/whole \
+  && $PY train_cld.py --dataset synthetic ${ARCH[*]} --epochs 2 --knn-every 0 --resume $OUT/whole/epoch_1.pth --out $OUT/resumed \
+  && $PY experiments/same_state.py $OUT/whole/last.pth $OUT/resumed/last.pth"
+item eval_knn $PY eval_knn.py --ckpt "$OUT/npid/last.pth"
+item eval_linear_cached $PY eval_linear.py --ckpt "$OUT/npid/last.pth" --cached-features --epochs 5
+item eval_linear $PY eval_linear.py --ckpt "$OUT/npid/last.pth" --epochs 1
+item eval_features $PY eval_features.py --ckpt "$OUT/npid/last.pth" "$OUT/moco/last.pth" --selection-images 1024
+item eval_clusters $PY eval_clusters.py --ckpt "$OUT/c2bin/last.pth"
+train compile --compile
+if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
+  item nccl $PY -m torch.distributed.run --standalone --nproc_per_node 2 train_cld.py --dataset synthetic "${ARCH[@]}" \
+    --epochs 1 --knn-every 1 --gather-groups --out "$OUT/nccl"
+else
+  echo "SKIP  nccl                      one GPU: the two-process NCCL run needs two"
+fi
+item benchmark bash -c "$PY experiments/benchmark.py ${BENCH[*]} | tee $OUT/benchmark.jsonl"
+echo "gpu_check: $passed passed, $failed failed in $((SECONDS - started)) s ($OUT)"
+[ "$failed" = 0 ]

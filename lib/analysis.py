@@ -9,6 +9,7 @@ torch, lists); features are torch tensors [N, D] with unit-length rows (cosine =
   * retrieval_top1: R(f, Y), the top-1 retrieval accuracy; cross_view_retrieval: R(f, f');
   * selection_score: NMI(f, f') * R(f, f') of Fig. 7; spearman: the rank agreement of two scores;
   * pair_similarities: positive / negative cosine similarities and their differences (Fig. 6).
+The feature measures compute in float32 whatever autocast region they are called from (lib/precision.py).
 """
 import math
 
@@ -17,6 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from lib.cluster import kmeans
+from lib.precision import float32
 
 
 # ---------------------------------------------------------------- clustering quality
@@ -89,6 +91,7 @@ def clustering_quality(pred, true):
 # ---------------------------------------------------------------- k-means with restarts
 
 @torch.no_grad()
+@float32
 def kmeans_labels(x, k, restarts=5, iters=50, seed=0):
     """Spherical k-means labels [N] of unit-length x [N, D]: the best of `restarts` k-means++ runs by the
     objective sum(cos(x_i, centroid of i)). The restarts run as one batched problem of the project's
@@ -104,6 +107,7 @@ def kmeans_labels(x, k, restarts=5, iters=50, seed=0):
 # ---------------------------------------------------------------- retrieval
 
 @torch.no_grad()
+@float32
 def nearest(queries, bank, k=1, chunk=1024):
     """(similarities, indices), each [M, k]: the k most cosine-similar rows of bank [N, D] for each of
     queries [M, D], best first. Built chunk query rows at a time (peak memory chunk x N)."""
@@ -124,6 +128,7 @@ def retrieval_top1(queries, query_labels, bank, bank_labels, chunk=1024):
 
 
 @torch.no_grad()
+@float32
 def cross_view_retrieval(f, f2, chunk=1024):
     """R(f, f'): fraction of images i whose nearest neighbour (cosine) of f_i among all rows of f' is f'_i.
 
@@ -151,6 +156,7 @@ def selection_score(f, f2, k, restarts=5, iters=50, seed=0):
 # ---------------------------------------------------------------- Fig. 6
 
 @torch.no_grad()
+@float32
 def pair_similarities(f, f2):
     """A_ij = cos(f_i, f2_j) for two views of N images. Returns numpy arrays: positives A_ii [N],
     negatives A_ij (j != i) [N(N-1)] and differences A_ii - A_ij (j != i) [N(N-1)]."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError
+from lib.precision import PrecisionError
 from lib.runfolder import FolderBusy
 
 
@@ -140,13 +141,13 @@ def message(error):
 
 def run_main(main, args, errors=()):
     """main(args); the failures a user can act on (bad dataset, bad checkpoint, a run folder in use, a file
-    that cannot be read or written, and `errors`) end the process with one line on stderr and exit status 1. Ctrl-C before the
+    that cannot be read or written, a precision the GPU lacks, and `errors`) end the process with one line on stderr and exit status 1. Ctrl-C before the
     script has anything to save ends it quietly with 130, as a shell reports a process that SIGINT ended."""
     try:
         return main(args)
     except KeyboardInterrupt:
         sys.exit(128 + signal.SIGINT)
-    except (DatasetError, CheckpointError, FolderBusy, *errors) as e:
+    except (DatasetError, CheckpointError, FolderBusy, PrecisionError, *errors) as e:
         sys.exit(f"error: {message(e)}")
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""

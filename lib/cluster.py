@@ -10,14 +10,17 @@ Two k-means flavours:
   * Euclidean with first-K initialisation (the authors' public code): squared distance, plain means
     that are not re-normalised, an all-zero centroid for an empty cluster.
 
-Precision: float16/bfloat16 inputs are promoted to float32, because sums over hundreds of features
-are too coarse in half precision; float32 and float64 inputs are used as they are. The returned
-centroids have that computation dtype.
+Precision: everything here computes in float32 (float64 for float64 input), also when called inside
+an autocast region, which would otherwise run the assignment and update matrix products in bf16 or
+fp16 and move points between groups (lib/precision.py): bf16 / fp16 inputs are promoted, and autocast
+is off inside kmeans and spectral_cluster. The returned centroids have that computation dtype.
 """
 import functools
 
 import torch
 import torch.nn.functional as F
+
+from lib.precision import float32
 
 
 def _check(k, iters):
@@ -87,6 +90,14 @@ def _seed_distance(x, c, spherical):
     return (x - c.unsqueeze(1)).pow(2).sum(-1)
 
 
+def _draw(w):
+    """One index per row of the weights w [B, N] (>= 0, each row with a positive entry), with probability
+    proportional to its weight -> [B]. torch.multinomial(w, 1) draws exactly this (its one-sample path, an
+    exponential race: the argmax of w / E, E ~ Exp(1)), the same numbers from the same generator state;
+    written out because multinomial first checks its input on the host, which waits for the GPU."""
+    return (w / torch.empty_like(w).exponential_(1)).argmax(1)
+
+
 def _kmeanspp(x, k, spherical):
     """Indices [B, K] of k-means++ seeds of x [B, N, D] (k < N): the first uniformly, each next one
     with probability proportional to its distance to the nearest seed so far. Draws from torch's
@@ -94,7 +105,7 @@ def _kmeanspp(x, k, spherical):
     B, N, _ = x.shape
     rows = torch.arange(B, device=x.device)
     chosen = torch.zeros(B, N, dtype=torch.bool, device=x.device)
-    idx = torch.multinomial(torch.ones(B, N, device=x.device), 1).squeeze(1)  # [B]
+    idx = _draw(torch.ones(B, N, device=x.device))  # [B]
     picks = [idx]
     chosen[rows, idx] = True
     nearest = _seed_distance(x, x[rows, idx], spherical)  # [B, N]
@@ -102,9 +113,9 @@ def _kmeanspp(x, k, spherical):
         # Chosen points get exactly zero weight (rounding can leave 1 - cos slightly positive).
         w = nearest.clamp(min=0).masked_fill(chosen, 0)
         # With fewer distinct points than seeds every weight is zero: draw any unchosen point instead,
-        # which also keeps torch.multinomial away from an all-zero row.
+        # which also keeps _draw away from an all-zero row.
         w = torch.where(w.sum(1, keepdim=True) > 0, w, (~chosen).to(w.dtype))
-        idx = torch.multinomial(w, 1).squeeze(1)
+        idx = _draw(w)
         picks.append(idx)
         chosen[rows, idx] = True
         nearest = torch.minimum(nearest, _seed_distance(x, x[rows, idx], spherical))
@@ -116,6 +127,7 @@ def _gather_rows(x, idx):
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+@float32
 def kmeans(x, k, iters=5, init="first", spherical=True):
     """Batched k-means.
 
@@ -164,6 +176,7 @@ def kmeans(x, k, iters=5, init="first", spherical=True):
     return _finish(labels, cent, single)
 
 
+@float32
 def spectral_cluster(x, k, iters=5, affinity="relu"):
     """Spectral clustering of the batch (CLD supplementary §3). x: [N, D] or [B, N, D], unit-length rows.
     Returns (labels, centroids) like kmeans(spherical=True): centroids are the normalised means of x
@@ -173,7 +186,8 @@ def spectral_cluster(x, k, iters=5, affinity="relu"):
     (affinity="abs", the affinity of the authors' spectral_clustering.py, which also zeroes the diagonal).
     Both keep the diagonal (self-affinity 1): it makes every degree at least 1.
     Embedding: eigenvectors of the k smallest eigenvalues of L = D^-1/2 (D - W) D^-1/2, rows
-    L2-normalised, then spherical k-means with k-means++ seeding (global RNG).
+    L2-normalised, then spherical k-means with k-means++ seeding (global RNG). On CUDA, torch.linalg.eigh
+    waits for the GPU (the solver reports its convergence to the host): one host sync per step.
     """
     _check(k, iters)
     if affinity not in ("relu", "abs"):

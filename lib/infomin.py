@@ -23,6 +23,7 @@ from lib.moco import MomentumEncoder
 
 class InfoMin(MomentumEncoder):
     views = 3                   # x1, x2 (queries, CLD between them) and x3 (the key)
+    terms = ("loss_query", "loss_jigsaw")   # logged beside loss_ins: (1 - beta) loss_query + beta loss_jigsaw
     online_views = (0, 1, 3)    # what goes through the online network: the queries and the jigsaw tiles
     extra_input = JigsawTiles   # (dataset info, training size) -> PIL image -> tiles [9, C, t, t]
 
@@ -37,15 +38,19 @@ class InfoMin(MomentumEncoder):
                    config["beta"], config["enqueue_twice"])
 
     def loss(self, queries, views, indices):
-        """queries: f_I of x1 and x2 and the jigsaw feature, each [B, dim]; views[2] is the key crop."""
+        """queries: f_I of x1 and x2 and the jigsaw feature, each [B, dim]; views[2] is the key crop.
+        Returns (loss, keys, [query term, jigsaw term]): the mean over the two queries of l(q) and of l(j),
+        so that loss = (1 - beta) * query term + beta * jigsaw term."""
         q1, q2, jigsaw = queries
         keys = self.keys(views[2])                                                       # [B, dim], no gradient
         second = self.pushed(keys) if self.enqueue_twice else self.queue
-        loss = 0
+        loss, query_terms, jigsaw_terms = 0, [], []
         for q, queue in ((q1, self.queue), (q2, second)):
-            loss = loss + ((1 - self.beta) * infonce_loss(q, keys, queue, self.temperature)
-                           + self.beta * infonce_loss(jigsaw, keys, queue, self.temperature))
-        return loss / 2, keys
+            query_terms.append(infonce_loss(q, keys, queue, self.temperature))
+            jigsaw_terms.append(infonce_loss(jigsaw, keys, queue, self.temperature))
+            loss = loss + ((1 - self.beta) * query_terms[-1] + self.beta * jigsaw_terms[-1])
+        terms = torch.stack([sum(query_terms) / 2, sum(jigsaw_terms) / 2])
+        return loss / 2, keys, terms
 
     def pushed(self, keys):
         """The queue as it would be after enqueue(keys), without changing it: [Q, dim]."""

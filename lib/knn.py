@@ -1,8 +1,14 @@
-"""Weighted kNN evaluation (NPID's protocol): cosine neighbours vote with weight exp(cos / sigma)."""
+"""Weighted kNN evaluation (NPID's protocol): cosine neighbours vote with weight exp(cos / sigma).
+
+The features may come from a network under autocast; the similarities, the top-k and the votes are
+computed in float32 whatever autocast region this is called from (lib/precision.py): in bf16 a row's
+200 neighbours share a few dozen distinct similarity values, and ties would decide the vote.
+"""
 import torch
 from torch.utils.data import DataLoader, Subset
 
 from lib import dist, signals
+from lib.precision import float32
 
 
 @torch.no_grad()
@@ -24,6 +30,7 @@ def extract_features(embed, dataset, device, batch_size=256, workers=0):
 
 
 @torch.no_grad()
+@float32
 def knn_scores(test_features, train_features, train_labels, num_classes, k=200, sigma=0.1, chunk=1024):
     """Class scores [M, C] for test_features [M, dim] from a bank train_features [N, dim] (both unit length).
 

@@ -13,7 +13,8 @@ Every partner (this one, lib/moco.py, ...) has the same face, which is all train
   state_dict() / load_state_dict()  everything the checkpoint must hold (an nn.Module's).
 Optional (lib/infomin.py): online_views, the indices of the views the online network sees (default
 (0, 1)), whose f_I all reach loss(); extra_input, (dataset info, size) -> a transform of each image
-whose output the loader appends to the views.
+whose output the loader appends to the views; terms, the names of the partner's own parts of its loss,
+which loss() then returns third, as a tensor [len(terms)], and metrics.jsonl logs beside loss_ins.
 """
 import torch
 import torch.nn as nn

@@ -128,7 +128,8 @@ class NormLinear(nn.Module):
 
 HEADS = ("linear", "normlinear")
 INSTANCE_HEADS = HEADS + ("byol",)      # byol: BYOLHead, for the byol partner (lib/byol.py)
-GROUP_HEADS = HEADS + ("clusters",)     # clusters: ClusterHeads, for the C2BIN term (lib/c2bin.py)
+GROUP_HEADS = HEADS + ("clusters", "shared")  # clusters: ClusterHeads, for the C2BIN term (lib/c2bin.py);
+# shared: no group head, f_G is f_I (the one-branch ablation of the supplementary, Table A.2 "share")
 GROUP_INPUTS = ("backbone", "hidden")   # what f_G reads: the backbone feature or BYOL's projector hidden layer
 
 
@@ -198,8 +199,11 @@ class JigsawHead(nn.Module):
         """h [B * tiles, d_in], the tiles of each image in a row -> [B, dim], unit length."""
         x = self.fc1(h)                                                       # [B * T, dim]
         n = len(x) // self.tiles
-        # One permutation per image, drawn in turn from torch's CPU generator (as the authors' head).
-        order = torch.stack([torch.randperm(self.tiles) for _ in range(n)]).to(x.device)   # [B, T]
+        # One permutation per image, drawn in turn from torch's CPU generator (as the authors' head), then
+        # copied to the GPU from pinned memory without the host waiting for the GPU's queue.
+        order = torch.stack([torch.randperm(self.tiles) for _ in range(n)])                  # [B, T]
+        if x.is_cuda:
+            order = order.pin_memory().to(x.device, non_blocking=True)
         x = x.view(n, self.tiles, -1)[torch.arange(n, device=x.device)[:, None], order]   # [B, T, dim]
         return F.normalize(self.fc2(x.reshape(n, -1)), dim=1)
 
@@ -231,6 +235,10 @@ class CLDNet(nn.Module):
         group_width = byol_hidden if group_input == "hidden" else width
         if group_head == "clusters":
             self.group_head = ClusterHeads(group_width, cluster_scales)
+        elif group_head == "shared":
+            if instance_head == "byol":
+                raise ValueError("group head 'shared' takes f_I as f_G, which the byol instance head does not have")
+            self.group_head = None
         else:
             self.group_head = build_head(group_head, group_width, dim)
         # widths of parts(x): backbone feature, f_I, f_G
@@ -263,10 +271,13 @@ class CLDNet(nn.Module):
             f_i, hidden = self.instance_head(p)
         else:
             f_i, hidden = self.instance_head(p), None
+        f_i = F.normalize(f_i, dim=1)
+        if self.group_head is None:  # shared: one branch, f_G = f_I
+            return h, f_i, f_i
         g = self.group_head(hidden if self.group_input == "hidden" else p)
         if not isinstance(self.group_head, ClusterHeads):
             g = F.normalize(g, dim=1)
-        return h, F.normalize(f_i, dim=1), g
+        return h, f_i, g
 
     def embed(self, x):
         """The evaluation feature: normalised f_I (the paper's kNN protocol, after NPID); with the byol head
