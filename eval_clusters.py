@@ -34,12 +34,14 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
     precision.add_flag(p)
+    cli.add_result(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"restarts": POSITIVE, "kmeans_iters": POSITIVE, "seed": SEED,
                                "batch_size": POSITIVE, "workers": NON_NEGATIVE})
     cli.input_file(p, "--ckpt", args.ckpt, "a checkpoint written by train_cld.py (RUN/last.pth)")
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
+    cli.output_file(p, "--result", args.result)
     return args
 
 
@@ -86,6 +88,8 @@ def main(args):
             result["head"] = quality(heads[:, 0].long().cpu().numpy(), labels)
             result["head"]["k"] = min(model.group_head.scales)
         print(jsonl.dumps(result), flush=True)
+        if args.result:
+            jsonl.write_atomic(args.result, jsonl.dumps(result) + "\n")
     dist.cleanup()
 
 

@@ -76,6 +76,7 @@ def parse_args(argv=None):
                    help="load checkpoints that hold more than tensors and plain values (of an earlier version) with "
                         "full unpickling, which runs any code in them; only for files you trust")
     precision.add_flag(p)
+    cli.add_result(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {name: POSITIVE for name in (
         "restarts", "kmeans_iters", "k", "sigma", "selection_images", "clusters", "selection_clusters", "tsne_images",
@@ -91,6 +92,7 @@ def parse_args(argv=None):
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     if args.figures is not None:
         cli.output_folder(p, "--figures", args.figures)
+    cli.output_file(p, "--result", args.result)
     return args
 
 
@@ -98,18 +100,22 @@ def main(args):
     rank, world, device = dist.setup()
     if args.figures and rank == 0:
         os.makedirs(args.figures, exist_ok=True)
-    runs = []
+    runs, lines = [], []
     for i, path in enumerate(args.ckpt):
         run = load_run(path, args.names[i] if args.names else None, args, device)
         extract(run, args, device)
         if rank == 0:
             run["result"] = evaluate(run, args)
-            print(jsonl.dumps(run["result"]), flush=True)
+            lines.append(jsonl.dumps(run["result"]))
+            print(lines[-1], flush=True)
         runs.append(run)
     if rank == 0:
         ranking = rank_runs(runs, args) if len(runs) > 1 else None
         if ranking:
-            print(jsonl.dumps(ranking), flush=True)
+            lines.append(jsonl.dumps(ranking))
+            print(lines[-1], flush=True)
+        if args.result:
+            jsonl.write_atomic(args.result, "".join(line + "\n" for line in lines))
         print_table(runs, ranking, args)
         if args.figures:
             write_figures(runs, args)

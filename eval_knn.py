@@ -31,6 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
     precision.add_flag(p)
+    cli.add_result(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     cli.check_ranges(p, args, {"k": POSITIVE, "sigma": POSITIVE, "many": NON_NEGATIVE, "few": NON_NEGATIVE,
@@ -40,6 +41,7 @@ def parse_args(argv=None):
     cli.input_file(p, "--ckpt", args.ckpt, "a checkpoint written by train_cld.py (RUN/last.pth)")
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     cli.input_file(p, "--subset", args.subset, "a subset file written by make_longtail.py")
+    cli.output_file(p, "--result", args.result)
     return args
 
 
@@ -76,6 +78,8 @@ def main(args):
                    "epoch": ckpt.get("epoch"), "checkpoint": args.ckpt})
     if rank == 0:
         print(jsonl.dumps(result))
+        if args.result:
+            jsonl.write_atomic(args.result, jsonl.dumps(result) + "\n")
     dist.cleanup()
 
 

@@ -85,6 +85,7 @@ def parse_args(argv=None):
     p.add_argument("--eval-batch-size", type=int, default=256, help="images per forward pass when nothing is trained")
     p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process")
     precision.add_flag(p)
+    cli.add_result(p)
     cli.add_trust_checkpoint(p)
     args = p.parse_args(argv)
     if args.label_fraction is not None and not 0 < args.label_fraction <= 1:
@@ -103,6 +104,7 @@ def parse_args(argv=None):
     cli.input_file(p, "--ckpt", args.ckpt, "a checkpoint written by train_cld.py (RUN/last.pth)")
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
     cli.output_file(p, "--export", args.export)
+    cli.output_file(p, "--result", args.result)
     return args
 
 
@@ -162,7 +164,7 @@ def make_classifier(args, backbone, num_classes, device, world):
 def train(args, net, backbone, loader, sampler, optimizer, scheduler, device, rank, autocast, scaler):
     """linear: the frozen backbone's forward under `autocast`, the classifier and its loss in float32 (a
     probe is a measurement). finetune: the whole network under `autocast`, fp16 with the gradient scaler."""
-    bar = tqdm(range(args.epochs), desc=args.mode, disable=rank != 0, leave=False, dynamic_ncols=True)
+    bar = tqdm(range(args.epochs), desc=args.mode, disable=True if rank else None, leave=False, dynamic_ncols=True)
     for epoch in bar:
         sampler.set_epoch(epoch)
         net.train()
@@ -291,6 +293,8 @@ def main(args):
                    "epoch": pretrain_epoch, "processes": world, "seconds": round(time.time() - started, 1), **exported})
     if rank == 0:
         print(jsonl.dumps(result))
+        if args.result:
+            jsonl.write_atomic(args.result, jsonl.dumps(result) + "\n")
     dist.cleanup()
 
 

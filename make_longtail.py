@@ -2,6 +2,7 @@
 
     python make_longtail.py --dataset cifar10 --data ROOT --ratio 100 --out runs/cifar10_lt100.json
     python make_longtail.py --dataset imagenet-lt --data /path/to/imagenet --lists DIR --out runs/imagenet_lt.json
+    python make_longtail.py --dataset fashion-mnist --ratio 1 --per-class 1000 --out runs/fmnist_10k.json  # balanced
     python train_cld.py --dataset cifar10 --data ROOT --subset runs/cifar10_lt100.json --out runs/c10lt
 
 cifar10, cifar100, fashion-mnist and imagefolder: LDAM-DRW's exponential profile (its imbalance_cifar.py): class i
@@ -33,10 +34,16 @@ def parse_args(argv=None):
                    help="imbalance n_max/n_min; the paper does not state it, 100 is LDAM-DRW's default (--imb_factor 0.01); "
                         "ignored for imagenet-lt")
     p.add_argument("--seed", type=int, default=0, help="numpy seed of the draw (LDAM-DRW: 0)")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="n_max, the head class's images (default: the largest class's size); with --ratio 1 a "
+                        "balanced subset of this many images per class")
     p.add_argument("--lists", default=None, help="imagenet-lt: the folder holding ImageNet_LT_train.txt (or that file)")
     p.add_argument("--out", required=True, help="the subset file to write (JSON)")
     args = p.parse_args(argv)
-    cli.check_ranges(p, args, {"ratio": Range(1, text="at least 1"), "seed": Range(0, 2**32 - 1, text="in [0, 2**32 - 1]")})
+    cli.check_ranges(p, args, {"ratio": Range(1, text="at least 1"), "seed": Range(0, 2**32 - 1, text="in [0, 2**32 - 1]"),
+                               "per_class": cli.POSITIVE})
+    if args.per_class is not None and args.dataset == "imagenet-lt":
+        p.error("--per-class does not apply to imagenet-lt, whose released list fixes every class's images")
     if args.dataset == "imagenet-lt" and not args.lists:
         p.error("--dataset imagenet-lt needs --lists DIR, the folder of the released ImageNet_LT_*.txt lists")
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
@@ -109,14 +116,15 @@ def main(args):
         about = {"dataset": "imagenet-lt", "list": os.path.abspath(list_path)}
     else:
         train_set = load_dataset(args.dataset, args.data, "train")
-        about = {"dataset": args.dataset, "ratio": args.ratio, "seed": args.seed}
+        about = {"dataset": args.dataset, "ratio": args.ratio, "seed": args.seed,
+                 **({"per_class": args.per_class} if args.per_class else {})}
     labels, num_classes = np.asarray(train_set.targets), train_set.num_classes
 
     # ---- which images the long tail keeps
     if args.dataset == "imagenet-lt":
         indices = imagenet_lt_indices(train_set, list_path, entries)
     else:
-        indices = longtail_indices(labels, num_classes, args.ratio, args.seed)
+        indices = longtail_indices(labels, num_classes, args.ratio, args.seed, args.per_class)
     counts = class_counts(labels[indices], num_classes)
 
     # ---- output

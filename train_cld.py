@@ -157,7 +157,9 @@ def parse_args(argv=None):
     p.add_argument("--knn-every", type=int, help="kNN monitor every N epochs, 0: only after the last; " + FROM_RECIPE)
     p.add_argument("--knn-k", type=int, default=200)
     p.add_argument("--save-every", type=int, default=0, help="also keep epoch_N.pth every N epochs")
-    p.add_argument("--resume", default=None, help="a checkpoint to continue from (last.pth or epoch_N.pth)")
+    p.add_argument("--resume", default=None,
+                   help="a checkpoint to continue from (last.pth or epoch_N.pth); auto: OUT/last.pth when it is "
+                        "there, else a fresh start (for a requeued cluster job, or torchrun --max-restarts)")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load a --resume file that holds more than tensors and plain values (a checkpoint of an "
                         "earlier version) with full unpickling, which runs any code in it; only for files you trust")
@@ -225,6 +227,9 @@ RANGES = {
 
 def check_args(p, args):
     """Everything that can be checked before any work starts: ranges, then the paths."""
+    if args.resume == "auto":  # every process of a run decides alike: none has written anything yet
+        last = os.path.join(args.out, "last.pth")
+        args.resume = last if os.path.isfile(last) else None
     cli.check_ranges(p, args, {**RANGES, **({"queue": POSITIVE} if hasattr(PARTNERS[args.partner], "enqueue") else {}),
                                **({"byol_tau": BELOW_ONE} if args.partner == "byol" else {})})
     cli.input_folder(p, "--data", args.data, "the dataset's root folder")
@@ -726,7 +731,7 @@ def train_epoch(run, progress, stop, last_good):
     run.sampler.set_epoch(progress.epoch, progress.step)
     lr = lr_at(progress.epoch * steps + progress.step, steps, peak_lr, args.epochs, args.warmup_epochs, args.min_lr)
     bar = tqdm(epoch_batches(run, progress.epoch), total=steps, initial=progress.step,
-               desc=f"epoch {progress.epoch + 1}/{args.epochs}", disable=run.rank != 0, leave=False, dynamic_ncols=True)
+               desc=f"epoch {progress.epoch + 1}/{args.epochs}", disable=True if run.rank else None, leave=False, dynamic_ncols=True)
     counts = StepCounts(progress, run.device)
     for step, (views, indices) in enumerate(bar, start=progress.step):
         global_step = progress.epoch * steps + step

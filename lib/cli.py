@@ -159,3 +159,11 @@ def add_trust_checkpoint(parser):
     parser.add_argument("--trust-checkpoint", action="store_true",
                         help="load a checkpoint that holds more than tensors and plain values (one of an earlier "
                              "version) with full unpickling, which runs any code in it; only for files you trust")
+
+
+def add_result(parser):
+    """--result FILE of the evaluation scripts: the JSON printed, also written to a file (atomically), so a
+    chained job (reproduce.py, a cluster task) can tell a finished evaluation by the file's presence."""
+    parser.add_argument("--result", default=None, metavar="FILE",
+                        help="also write the JSON line(s) printed to FILE, atomically (written only once the "
+                             "evaluation has finished)")

@@ -71,7 +71,7 @@ class Watchdog:
 
     def __init__(self, timeout_s, rank, world):
         self.timeout, self.rank, self.world = timeout_s, rank, world
-        self.interval = min(10.0, max(0.5, timeout_s / 10))
+        self.interval = min(2.0, max(0.2, timeout_s / 10))  # a store write per process every 2 s at most
         self.depth, self.since, self.what, self.beats = 0, None, "", 0
         self.done = threading.Event()
         self.store = heartbeat_store(self.interval)

@@ -27,16 +27,18 @@ def longtail_counts(n_max, num_classes, ratio):
                     dtype=np.int64)
 
 
-def longtail_indices(labels, num_classes, ratio, seed=0):
+def longtail_indices(labels, num_classes, ratio, seed=0, n_max=None):
     """Indices [sum of the kept counts] of the long-tailed subset of labels [N], class 0's first.
 
-    n_max is the size of the largest class. numpy's generator is seeded once; then, class by class
-    in label order, the class's indices are shuffled and the first n_i kept. This draws exactly what
-    LDAM-DRW draws after np.random.seed(0), so CIFAR-10-LT and CIFAR-100-LT are their images. A
-    class smaller than its n_i keeps all its images.
+    n_max is the size of the largest class unless given (a smaller head; with ratio 1 a balanced subset
+    of n_max images per class). numpy's generator is seeded once; then, class by class in label order,
+    the class's indices are shuffled and the first n_i kept. This draws exactly what LDAM-DRW draws after
+    np.random.seed(0), so CIFAR-10-LT and CIFAR-100-LT are their images. A class smaller than its n_i
+    keeps all its images.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    keep = longtail_counts(int(class_counts(labels, num_classes).max()), num_classes, ratio)
+    n_max = int(class_counts(labels, num_classes).max()) if n_max is None else n_max
+    keep = longtail_counts(n_max, num_classes, ratio)
     rng = np.random.RandomState(seed)
     parts = []
     for c in range(num_classes):

@@ -201,7 +201,7 @@ class JigsawHead(nn.Module):
         n = len(x) // self.tiles
         # One permutation per image, drawn in turn from torch's CPU generator (as the authors' head), then
         # copied to the GPU from pinned memory without the host waiting for the GPU's queue.
-        order = torch.stack([torch.randperm(self.tiles) for _ in range(n)])                  # [B, T]
+        order = torch.stack([torch.randperm(self.tiles, device="cpu") for _ in range(n)])    # [B, T]
         if x.is_cuda:
             order = order.pin_memory().to(x.device, non_blocking=True)
         x = x.view(n, self.tiles, -1)[torch.arange(n, device=x.device)[:, None], order]   # [B, T, dim]

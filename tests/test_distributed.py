@@ -157,5 +157,52 @@ def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert waited < 60, err[-3000:]
     lines = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert lines and lines[0].startswith("error: process 0 waited more than --dist-timeout 5 s for "), err[-3000:]
+    assert lines and lines[0].startswith("error: process 0 waited more than --dist-timeout 5 s for process 1 (no "
+                                         "heartbeat"), err[-3000:]
     assert "Traceback" not in err.split(lines[0])[0], err[-3000:]
+
+
+def worker_pids(launcher_pid):
+    """rank -> pid of the training processes torchrun started."""
+    workers = {}
+    for pid in subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True, text=True).stdout.split():
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        ranks = [int(item[5:]) for item in environ if item.startswith(b"RANK=")]
+        if ranks:
+            workers[ranks[0]] = int(pid)
+    return workers
+
+
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_where_the_uninterrupted_one_ends(tmp_path):
+    """--resume auto under torchrun --max-restarts 1: process 1 is SIGKILLed in the middle of epoch 2; the other
+    stops with one line naming it, torchrun restarts both, they continue from last.pth (epoch 1) and end in
+    exactly the state of a run never interrupted (and log each epoch once)."""
+    tiny = ["train_cld.py", "--dataset", "digits", "--arch", "resnet20", "--epochs", "3", "--batch-size", "128",
+            "--clusters", "10", "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0",
+            "--resume", "auto"]
+    r = torchrun(*tiny, "--out", str(tmp_path / "whole"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "--max-restarts", "1", *tiny, "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 180
+    while not (out / "metrics.jsonl").exists() and time.time() < deadline:  # epoch 1 written
+        time.sleep(0.05)
+    time.sleep(0.5)  # into epoch 2
+    first = worker_pids(proc.pid)
+    os.kill(first[1], signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert said and said[0].startswith("error: process 0 lost its connection to process 1"), err[-3000:]
+    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in again] == [1, 2, 3]
+    assert [r["loss"] for r in again] == [r["loss"] for r in whole]
+    a, b = (torch.load(run / "last.pth", weights_only=True) for run in (tmp_path / "whole", out))
+    for key in ("model", "memory", "optimizer"):
+        assert states_equal(a[key], b[key]), key
