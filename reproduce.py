@@ -137,16 +137,15 @@ def result_file(folder, name, extra):
         fraction = float(extra[list(extra).index("--label-fraction") + 1])
         return os.path.join(folder, f"semi{round(fraction * 100)}.json")
     if name == "detectron2":
-        return os.path.join(folder, "detectron2.txt")
+        return os.path.join(folder, "backbone_d2.pkl")
     return os.path.join(folder, f"{name}.json")
 
 
 def evaluation(args, name, extra, folder, seed):
     ckpt = os.path.join(folder, "last.pth")
     out = result_file(folder, name, extra)
-    if name == "detectron2":
-        return [sys.executable, "convert_detectron2.py", ckpt, os.path.join(folder, "backbone_d2.pkl"),
-                "--launch-line", out]
+    if name == "detectron2":  # prints the detectron2 commands that fine-tune it on VOC (docs/detection.md)
+        return [sys.executable, "convert_detectron2.py", ckpt, out]
     flags = EVAL_FLAGS[args.budget] + (("--seed", str(seed)) if name == "semi" else ())
     return script(args, EVALS[name], ("--ckpt", ckpt, *fill(args, extra), *flags, "--result", out))
 
@@ -371,12 +370,18 @@ def shown(command):
     return shlex.join(["python" if arg == sys.executable else arg for arg in command])
 
 
+def num(value, scale):
+    """One decimal for percentages, three significant digits for fractions (a selection score of 0.0012)."""
+    return f"{value:.1f}" if scale >= 1 else f"{value:.3g}"
+
+
 def fmt(stat):
     if not stat:
         return "–"
-    values = ", ".join(f"{v:.1f}" for v in stat["values"].values())
-    spread = f" ± {stat['std']:.1f}" if stat["std"] is not None else ""
-    return f"{stat['mean']:.1f}{spread} ({values})"
+    scale = max(abs(v) for v in stat["values"].values())
+    values = ", ".join(num(v, scale) for v in stat["values"].values())
+    spread = f" ± {num(stat['std'], scale)}" if stat["std"] is not None else ""
+    return f"{num(stat['mean'], scale)}{spread} ({values})"
 
 
 def shown_metrics(table, summary):
