@@ -70,7 +70,8 @@ def _scores(x, c, spherical):
 def _update(x, labels, k, fallback, spherical):
     """Centroids [B, K, D] of x [B, N, D] under labels [B, N], via a one-hot matmul (deterministic on
     CUDA, unlike scatter_add). Gradients reach x whenever x carries them."""
-    onehot = F.one_hot(labels, k).to(x.dtype)  # [B, N, K]
+    # F.one_hot would check the labels' range on the host (on the CPU; CUDA leaves it to a device assert)
+    onehot = (labels.unsqueeze(-1) == torch.arange(k, device=labels.device)).to(x.dtype)  # [B, N, K]
     sums = onehot.transpose(1, 2) @ x  # [B, K, D]
     counts = onehot.sum(1).unsqueeze(-1)  # [B, K, 1]
     if spherical:

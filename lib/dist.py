@@ -41,12 +41,29 @@ def setup(timeout_s=1800):
     else:
         device = torch.device("cpu")
     if world_size > 1:
-        backend_timeout = timeout_s + max(60.0, timeout_s / 10)  # past the watchdog's, which names the peer
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(seconds=backend_timeout),
-                                device_id=device if device.type == "cuda" else None)
+        backend_timeout = datetime.timedelta(seconds=timeout_s + max(60.0, timeout_s / 10))  # past the watchdog's
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=backend_timeout,
+                                device_id=device if device.type == "cuda" else None,
+                                **attempt_store(rank, world_size, backend_timeout))
         Watchdog.start(timeout_s, rank, world_size)
     return rank, world_size, device
+
+
+def attempt():
+    """Which start of the process group this is: torchrun counts its restarts (--max-restarts) from 0."""
+    return os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+
+
+def attempt_store(rank, world_size, timeout):
+    """init_process_group's store under torchrun: the launcher's rendezvous store, its keys under a prefix of
+    their own for each restart. torchrun hands the same store to every start of the workers, and a restarted
+    process group read the addresses the previous group left there and could not connect (gloo's 'Connection
+    refused', NCCL's alike: pytorch/pytorch#135712, #167288). Anywhere else, the default (env://)."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=timeout)
+    return {"store": dist.PrefixStore(f"attempt_{attempt()}/", store), "rank": rank, "world_size": world_size}
 
 
 def cleanup():
@@ -153,8 +170,8 @@ def processes(ranks):
 
 
 def heartbeat_store(timeout_s):
-    """A connection of its own to the rendezvous store (PrefixStore 'heartbeat/'), or None when there is none
-    (a process group started some other way)."""
+    """A connection of its own to the rendezvous store (keys under 'attempt_N/heartbeat/'), or None when there is
+    none (a process group started some other way)."""
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if not host or not port:
         return None
@@ -163,7 +180,7 @@ def heartbeat_store(timeout_s):
                               wait_for_workers=False)
     except Exception:
         return None
-    return dist.PrefixStore("heartbeat/", store)
+    return dist.PrefixStore(f"attempt_{attempt()}/heartbeat/", store)
 
 
 @contextlib.contextmanager
@@ -288,5 +305,6 @@ def peers_answer(timeout_s):
         if timed_out:
             raise PeerTimeout(f"process {rank()} waited more than --dist-timeout {timeout_s:g} s for {who}; "
                               f"stopping. Resume from the run's last.pth") from None
+        said = re.sub(r"\[[^\]]*\.(?:cc|cpp|h):\d+\]\s*", "", text)[:160]  # without the backend's source path
         raise PeerTimeout(f"process {rank()} lost its connection to {who}: it ended or its machine did "
-                          f"({text[:120]}); stopping. Resume from the run's last.pth") from None
+                          f"({said}); stopping. Resume from the run's last.pth") from None
