@@ -422,7 +422,7 @@ def table():
         elif r["part"] == "knn":
             lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']} | time, peak memory | "
                          f"{r['seconds']:.2f} s, +{r['peak_extra_mib']:.0f} MiB |")
-    print("\n".join(lines))
+    return "\n".join(lines)
 
 
 def device_is_cpu():
@@ -442,6 +442,8 @@ def main():
     p.add_argument("--imagenet", action="store_true", help="also ResNet-50 at 224 px (batch --imagenet-batch)")
     p.add_argument("--imagenet-batch", type=int, default=128)
     p.add_argument("--parts", default="knn,quick,augment,step,precision,memory", help="which parts, comma-separated")
+    p.add_argument("--markdown", default=None, metavar="FILE",
+                   help="also write the table, with the machine and the command, to FILE (docs/results/)")
     args = p.parse_args()
     device = torch.device("cuda" if gpu else "cpu")
     parts = args.parts.split(",")
@@ -464,7 +466,17 @@ def main():
     if "memory" in parts:
         bench_memory(args)
     emit(part="machine", load_after=os.getloadavg())
-    table()
+    text = table()
+    print(text)
+    if args.markdown:
+        first, last = RESULTS[0], RESULTS[-1]
+        head = (f"# experiments/benchmark.py on {first['cpu'] or first['device']} ({first['cores']} cores"
+                f"{', ' + first['device'] if gpu else ''})\n\n`{' '.join(['python', *sys.argv])}` with "
+                f"OMP_NUM_THREADS={first['omp_num_threads']}, torch {first['torch']}, {first['torch_threads']} "
+                f"threads; load {first['load_before'][0]:.1f} before, {last['load_after'][0]:.1f} after. Each figure "
+                f"is the best of {args.repeats} turns; figures compared with each other were measured in turn.\n")
+        with open(args.markdown, "w") as f:
+            f.write(head + text + "\n")
 
 
 def cpu_model():

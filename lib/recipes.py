@@ -85,8 +85,9 @@ ROWS = {
                               BYOL_CIFAR10),
     ("byol", "stl10"): Row("solo-learn's CIFAR BYOL recipe at 96 px (our choice); CLD settings ours", BYOL_CIFAR10),
     ("byol", "imagenet"): Row("BYOL §3.3 (LARS, lr 0.2 x batch/256, wd 1.5e-6, batch 4096, tau 0.996), as "
-                              "OpenSelfSup's BYOL; 200 epochs as mmselfsup's config; CLD settings ours",
-                              BYOL_IMAGENET),
+                              "OpenSelfSup's BYOL; 200 epochs as mmselfsup's config; CLD settings ours. 512 images "
+                              "per GPU on 8 GPUs hold ~76 GiB of activations in bf16: add --accumulate 2 on 80 GB "
+                              "GPUs, 4 on 40 GB ones (docs/training.md)", BYOL_IMAGENET),
     ("byol", "imagenet100"): Row("BYOL's ImageNet settings (our choice); CLD settings ours", BYOL_IMAGENET),
     ("infomin", "imagenet"): Row("authors' scripts/imagenet/train_imagenet_infomin_cld.sh with --method CLD's "
                                  "settings", INFOMIN_IMAGENET),
