@@ -22,7 +22,8 @@ def extract_features(embed, dataset, device, batch_size=256, workers=0):
     to_device = getattr(dataset, "to_device", None)
     # A private generator: evaluating must not draw from the training run's global RNG.
     loader = DataLoader(shard, batch_size=batch_size, num_workers=workers, generator=torch.Generator().manual_seed(0),
-                        collate_fn=getattr(dataset, "collate", None), pin_memory=bool(to_device) and device.type == "cuda",
+                        collate_fn=getattr(dataset, "collate", None),
+                        pin_memory=to_device is not None and device.type == "cuda",
                         worker_init_fn=signals.ignore_stop_signals)  # a stop signal is the training loop's to act on
     to_device = to_device or (lambda images, device: images.to(device, non_blocking=True))
     parts = [embed(to_device(images, device)).float() for images, _, _ in signals.start_workers(loader)]

@@ -18,6 +18,7 @@ from scipy.stats import ks_2samp
 from torchvision import transforms
 from torchvision.transforms import functional as TF
 
+import eval_knn
 import train_cld
 from lib import cli
 from lib import augment
@@ -295,6 +296,14 @@ def test_training_on_the_folder_device_path_resumes_bit_exact_with_other_workers
                for run in ("whole", "cut")]
     assert [r["loss"] for r in records[0]] == [r["loss"] for r in records[1]]
     assert 0 <= records[0][-1]["knn_top1"] <= 100 and records[0][-1]["knn_top1"] == records[1][-1]["knn_top1"]
+    # eval_knn.py on the device path and on the loader path: the test transforms agree to PIL's rounding
+    capsys.readouterr()
+    for data_path in ("device", "loader"):
+        eval_knn.main(eval_knn.parse_args(["--ckpt", str(tmp_path / "whole" / "last.pth"), "--workers", "0",
+                                           "--data-path", data_path]))
+    device, loader = (json.loads(line) for line in capsys.readouterr().out.splitlines()[-2:])
+    assert device["test_images"] == loader["test_images"] == 16
+    assert device["top1"] == loader["top1"] == records[0][-1]["knn_top1"]
 
 
 def test_data_path_defaults_for_folders_and_what_stays_on_the_loader(tmp_path, monkeypatch, capsys):
