@@ -11,7 +11,8 @@ the folder datasets; docs/imagenet-device-path.md has the measurements).
   crop_resize    every view's box of every image resized to size x size: torchvision's antialiased bilinear
                  resize, as two batched matrix products per group of similar sizes
   FolderBatches  the training batches, (views, indices) per step, drawn as DeviceBatches draws the arrays'
-  DeviceTestTransform  lib/augment.py's test transform (Resize, then CenterCrop) as one crop_resize per batch
+  DeviceTestTransform
+                 lib/augment.py's test transform (Resize, then CenterCrop) as one crop_resize per batch
 
 The crop and resize are F.resized_crop(antialias=True) on the decoded tensor, which follows Pillow's resize
 (a tent filter widened to every source pixel under an output pixel when shrinking): the views of a
