@@ -5,7 +5,6 @@ resume, sharding over two processes, broken files."""
 import io
 import json
 import os
-import random
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,12 +19,11 @@ from torchvision.transforms import functional as TF
 
 import eval_knn
 import train_cld
-from lib import cli
-from lib import augment
+from lib import augment, cli
 from lib.augment import RECIPES, VIEW_RECIPES, recipe_for
 from lib.batch_augment import BatchAugment
 from lib.data import DatasetError, FolderDataset, dataset_info, load_dataset
-from lib.folder_device import (FileBytes, FolderBatches, DeviceTestTransform, collate, crop_resize, decode, folder_views,
+from lib.folder_device import (DeviceTestTransform, FolderBatches, collate, crop_resize, decode, folder_views,
                                nvjpeg_takes, size_groups)
 from lib.knn import knn_scores
 from lib.sampler import EpochSampler
