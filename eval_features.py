@@ -17,6 +17,23 @@ images whose nearest view-2 feature is their own, and the product. These are fra
 
 stdout: one JSON line per checkpoint, then, for several checkpoints, one JSON line with the ranking and
 Spearman correlations of the score (and of each factor) with kNN top-1. stderr: the same as a table.
+
+What each measure costs, for N train, M test and S selection images, K clusters and d the summed widths of
+the features measured (ResNet-50: backbone 2048, f_I and f_G 128 each), with the defaults (5 k-means restarts
+of 50 iterations; S = all training images); figures for ImageNet (N 1.28M, M 50k, K 1000), in floating-point
+operations (flop, two per multiply-add):
+  features      (N + M + 2 S) x 2304 float32 on every process: 36 GB (13 GB with --selection-images 50000);
+  R(f, Y), kNN  2 M N d flop each, in blocks of about 1 GiB (lib/knn.py): 1.6e13 per feature of d = 128,
+                seconds on a GPU, about 20 minutes on one CPU core (experiments/benchmark.py knn-imagenet);
+  NMI(f, Y)     k-means of the M test features: restarts x M x K floats at once (1 GB), 2 x restarts x
+                iterations x M K d flop (5.8e13 for all three features: seconds on a GPU, ~20 min on 2 cores);
+  selection     two views of S training images through the network (the loader path: PIL in --workers
+                processes), k-means of each view (restarts x S x K floats: 26 GB), and R(f, f') over all S^2
+                pairs (2 S^2 d flop: 4.2e14 for f_I alone, hours on 2 CPU cores; 7.6e15 for all three, minutes on
+                a GPU, days on the CPU).
+Before extracting anything the script prints a warning naming the flag that bounds a measure whose memory
+exceeds the machine's (the GPU's, or the host's on the CPU) or which would take more than an hour at a rough
+rate (cost_warnings; --selection-images bounds S, --restarts and --kmeans-iters the k-means).
 """
 import argparse
 import json
@@ -32,7 +49,8 @@ from torch.utils.data import Subset
 from lib import analysis, checkpoint, cli, dist, jsonl, precision
 from lib.cli import NON_NEGATIVE, POSITIVE, SEED
 from lib.augment import MultiView, test_transform, view_transforms
-from lib.data import dataset_info, load_dataset
+from lib.data import FOLDER_DATASETS, dataset_info, load_dataset
+from lib.folder_device import device_test_set
 from lib.subsets import subset_dataset
 from lib.knn import extract_features, knn_ranked, topk_accuracy
 
@@ -72,6 +90,10 @@ def parse_args(argv=None):
     p.add_argument("--data", default=None, help="dataset root, if it moved since training")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--data-path", choices=["loader", "device"], default=None,
+                   help="image folders: device decodes the train and test files on the GPU and applies the test "
+                        "transform there (lib/folder_device.py; the selection views stay on the loader); loader: "
+                        "PIL in --workers processes. Default: device on a GPU, loader on the CPU")
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="load checkpoints that hold more than tensors and plain values (of an earlier version) with "
                         "full unpickling, which runs any code in them; only for files you trust")
@@ -103,6 +125,9 @@ def main(args):
     runs, lines = [], []
     for i, path in enumerate(args.ckpt):
         run = load_run(path, args.names[i] if args.names else None, args, device)
+        if rank == 0:
+            for line in cost_warnings(run, args, device):
+                print(line, file=sys.stderr, flush=True)
         extract(run, args, device)
         if rank == 0:
             run["result"] = evaluate(run, args)
@@ -144,9 +169,17 @@ def load_run(path, name, args, device):
     features = list(args.features or (["backbone", "f_I"] + (["f_G"] if config.get("lam", 0) > 0 else [])))
     if args.selection_feature not in features:
         features.append(args.selection_feature)
-    return {"path": path, "name": name or run_name(path), "config": config, "info": info, "epoch": ckpt.get("epoch"),
-            "model": model, "train_set": train_set, "test_set": test_set, "root": root,
-            "features": [f for f in FEATURES if f in features]}
+    run = {"path": path, "name": name or run_name(path), "config": config, "info": info, "epoch": ckpt.get("epoch"),
+           "model": model, "train_set": train_set, "test_set": test_set, "root": root,
+           "features": [f for f in FEATURES if f in features]}
+    # What the features are extracted from: the sets themselves, or (image folders on the device path) their
+    # files, decoded and test-transformed on the device; the sets stay for the labels and figures.
+    on_device = (args.data_path or ("device" if device.type == "cuda" else "loader")) == "device"
+    on_device = on_device and config["dataset"] in FOLDER_DATASETS
+    run["inputs"] = ([device_test_set(d, info, config["image_size"]) for d in (train_set, test_set)] if on_device
+                     else [train_set, test_set])
+    run["selection_set"] = selection_set(run, args)
+    return run
 
 
 # ---------------------------------------------------------------- features
@@ -211,16 +244,74 @@ def extract(run, args, device):
     used, _ = precision.resolve(args.precision, device)
     run["precision"] = used
     with precision.autocast(device, used):  # the network; every measure below is float32 (lib/analysis.py)
-        run["train"] = split_features(extract_features(all_features(model), run["train_set"], device,
+        train_input, test_input = run["inputs"]
+        run["train"] = split_features(extract_features(all_features(model), train_input, device,
                                                        args.batch_size, args.workers), model)
-        run["test"] = split_features(extract_features(all_features(model), run["test_set"], device,
+        run["test"] = split_features(extract_features(all_features(model), test_input, device,
                                                       args.batch_size, args.workers), model)
         # The augmentations draw from the global generator (in this process when --workers 0).
         torch.manual_seed(args.seed + dist.rank())
-        pairs = extract_features(two_views(model), selection_set(run, args), device, args.batch_size, args.workers)
+        pairs = extract_features(two_views(model), run["selection_set"], device, args.batch_size, args.workers)
     half = pairs.shape[1] // 2
     first, second = split_features(pairs[:, :half], model), split_features(pairs[:, half:], model)
     run["views"] = {f: (first[f], second[f]) for f in FEATURES}
+
+
+# ---------------------------------------------------------------- what the measures cost
+
+# Rough sustained float32 rates for the time estimates (our choice): 10 TFLOP/s on a datacentre GPU; 25 GFLOP/s
+# per CPU thread, about what one core of experiments/benchmark.py's machine multiplies at (AVX2, no AVX-512).
+GPU_FLOPS, CPU_FLOPS_PER_THREAD = 1e13, 2.5e10
+HOUR = 3600
+
+
+def machine_memory(device):
+    """Bytes of memory the measures can use: the GPU's, or the host's RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def measure_costs(n_train, n_test, n_select, all_dims, dims, k_label, k_views, restarts, iters):
+    """[(what, bytes held at once, floating-point operations, the flags that bound it)] of eval_features'
+    measures; all_dims: the widths of every feature extracted, dims: of those measured."""
+    d, kmeans_passes = sum(dims), restarts * (iters + 1)  # k-means++ seeding costs about one more pass
+    return [
+        ("the features of the train, test and selection images", (n_train + n_test + 2 * n_select) * sum(all_dims) * 4,
+         0, "--selection-images"),
+        ("NMI(f, Y)'s k-means of the test features", restarts * n_test * k_label * 4,
+         2 * kmeans_passes * n_test * k_label * d, "--restarts or --kmeans-iters"),
+        ("R(f, Y) and kNN over the train features", 0, 2 * 2 * n_test * n_train * d, "--features"),
+        ("the selection score's k-means of both views", restarts * n_select * k_views * 4,
+         2 * 2 * kmeans_passes * n_select * k_views * d, "--selection-images (or --restarts)"),
+        ("the selection score's R(f, f') over every pair of views", 0, 2 * n_select ** 2 * d, "--selection-images"),
+    ]
+
+
+def cost_warnings(run, args, device):
+    """One warning line per measure that would need more memory than the machine has (with the features, which
+    are held throughout), or more than an hour."""
+    classes = run["train_set"].num_classes
+    dims = dict(zip(FEATURES, run["model"].part_dims))
+    costs = measure_costs(len(run["train_set"]), len(run["test_set"]), len(run["selection_set"]), dims.values(),
+                          [dims[f] for f in run["features"]], args.clusters or classes,
+                          args.selection_clusters or classes, args.restarts, args.kmeans_iters)
+    memory = machine_memory(device)
+    rate = GPU_FLOPS if device.type == "cuda" else CPU_FLOPS_PER_THREAD * torch.get_num_threads()
+    where = "this GPU" if device.type == "cuda" else "this machine"
+    lines, features = [], costs[0][1]
+    for k, (what, size, flops, flag) in enumerate(costs):
+        # Every measure runs with the features held; it is named when it takes a good part of the memory itself
+        # (a quarter, our choice: the 1 GB of a test-set k-means is not what fills a 24 GiB machine).
+        held = size + (features if k else 0)
+        if held > memory and size >= (memory / 4 if k else 0):
+            lines.append(f"warning: {run['name']}: {what} need about {held / 2**30:.0f} GiB"
+                         f"{' with the features' if k else ''}, more than {where}'s {memory / 2**30:.0f} GiB; "
+                         f"{flag} bounds it")
+        if flops / rate > HOUR:
+            lines.append(f"warning: {run['name']}: {what} take about {flops / rate / HOUR:.0f} h at {rate:.1e} "
+                         f"float operations/s (a rough rate); {flag} bounds it")
+    return lines
 
 
 # ---------------------------------------------------------------- measures

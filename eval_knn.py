@@ -13,7 +13,8 @@ import argparse
 from lib import checkpoint, cli, dist, jsonl, precision
 from lib.cli import NON_NEGATIVE, POSITIVE
 from lib.augment import test_transform
-from lib.data import dataset_info, load_dataset
+from lib.data import FOLDER_DATASETS, dataset_info, load_dataset
+from lib.folder_device import device_test_set
 from lib.subsets import subset_dataset
 from lib.knn import knn_predict, topk_accuracy
 from lib.longtail import class_counts, shot_accuracy
@@ -30,6 +31,10 @@ def parse_args(argv=None):
     p.add_argument("--few", type=int, default=20, help="few-shot classes have fewer training images than this (ImageNet-LT, OLTR: 20)")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--data-path", choices=["loader", "device"], default=None,
+                   help="image folders: device reads the files' bytes in --workers processes and decodes and "
+                        "test-transforms them on the GPU (lib/folder_device.py); loader: PIL in --workers processes. "
+                        "Default: device on a GPU, loader on the CPU (the array datasets always take the loader)")
     precision.add_flag(p)
     cli.add_result(p)
     cli.add_trust_checkpoint(p)
@@ -57,6 +62,9 @@ def main(args):
     subset = args.subset or config.get("subset")
     if subset:  # the bank is what the run trained on
         train_set = subset_dataset(train_set, subset)
+    data_path = args.data_path or ("device" if device.type == "cuda" else "loader")
+    if config["dataset"] in FOLDER_DATASETS and data_path == "device":  # the files decoded on the device
+        train_set, test_set = (device_test_set(d, info, config["image_size"]) for d in (train_set, test_set))
 
     model = checkpoint.load_network(ckpt, args.ckpt, info.channels).to(device).eval()
     used, _ = precision.resolve(args.precision, device)

@@ -37,6 +37,7 @@ from lib.data import (DATASET_NAMES, FOLDER_DATASETS, DatasetError, dataset_info
                       load_dataset, unreadable_images)
 from lib.batch_augment import covers
 from lib.device_data import DeviceBatches
+from lib.folder_device import FolderBatches, device_test_set
 from lib.knn import knn_eval
 from lib.losses import CrossLevel
 from lib.lars import LARS, param_groups
@@ -137,11 +138,14 @@ def parse_args(argv=None):
                    help="spectral: cosine with negatives set to 0 (ours) or |cos| (the authors' spectral_clustering.py)")
     # bookkeeping
     p.add_argument("--data-path", choices=["loader", "device"], default=None,
-                   help="device: the whole uint8 training array on the training device, each batch's views built "
-                        "there with batched tensor ops (lib/batch_augment.py); loader: a DataLoader of PIL transforms "
-                        "in --workers processes. Default: device for the array datasets, loader for image folders "
-                        "(whose files are decoded one by one)")
-    p.add_argument("--workers", type=int, default=4, help="DataLoader processes per training process (loader path, kNN)")
+                   help="device: each batch's views built on the training device with batched tensor ops "
+                        "(lib/batch_augment.py) from the whole uint8 training array held there, or for an image "
+                        "folder from its files' bytes, read by --workers processes and decoded on the device "
+                        "(lib/folder_device.py; nvJPEG on CUDA); loader: a DataLoader of PIL transforms in --workers "
+                        "processes. Default: device, but loader for an image folder when training on the CPU")
+    p.add_argument("--workers", type=int, default=4,
+                   help="DataLoader processes per training process (loader path, the folder device path's file "
+                        "reading, kNN)")
     p.add_argument("--sync-every", type=int, default=None,
                    help="read the step counters (skipped steps, stop signals) on the host every N steps and at the "
                         "end of each epoch; a signal is acted on at the next such step. Default: 1 on CPU, where a "
@@ -196,10 +200,10 @@ def parse_args(argv=None):
     # What only the loader path builds: a partner's extra input, a recipe's RandAugment.
     loader_only = ([f"the {args.partner} partner's jigsaw tiles"] if extra_input else []) + (
         [] if all(map(covers, view_recipes(args.aug, args.image_size))) else [f"the {args.aug} augmentation (RandAugment)"])
-    args.data_path = args.data_path or ("loader" if args.dataset in FOLDER_DATASETS or loader_only else "device")
-    if args.data_path == "device" and args.dataset in FOLDER_DATASETS:
-        p.error(f"--data-path device needs an in-memory array dataset; {args.dataset} is read from image files: "
-                "use --data-path loader")
+    # Image folders decode on the device only where it pays: on a CPU, PIL in --workers processes makes more
+    # views per second than the training process alone (docs/imagenet-device-path.md).
+    folder_on_cpu = args.dataset in FOLDER_DATASETS and training_device().type != "cuda"
+    args.data_path = args.data_path or ("loader" if folder_on_cpu or loader_only else "device")
     if args.data_path == "device" and loader_only:
         p.error(f"--data-path device cannot build {' or '.join(loader_only)} on the device: use --data-path loader")
     try:
@@ -457,6 +461,11 @@ def make_data(args, views, rank, world, device):
     sampler = EpochSampler(len(pretrain_set), args.batch_size // world, rank, world, args.seed)
     if sampler.steps_per_epoch == 0:
         raise SystemExit(f"error: --batch-size {args.batch_size} is larger than the {len(pretrain_set)} training images")
+    if args.data_path == "device" and args.dataset in FOLDER_DATASETS:  # files read as bytes, decoded on the device
+        batches = FolderBatches.build(pretrain_set, sampler, view_recipes(args.aug, args.image_size), args.erasing, info,
+                                      args.image_size, views, args.seed, rank, device, args.workers)
+        return (batches, sampler, device_test_set(knn_train, info, args.image_size),
+                device_test_set(knn_test, info, args.image_size))
     if args.data_path == "device":
         batches = DeviceBatches.build(pretrain_set, sampler, view_recipes(args.aug, args.image_size), args.erasing, info,
                                       args.image_size, views, args.seed, rank, device)

@@ -15,19 +15,35 @@ Measured:
 - the share of a step spent in k-means + the CLD loss (forward and backward) and in the bank / queue update;
 - kNN over a 50k x 10k bank (lib/knn.py): time and peak memory;
 - with --compile (on by default on a GPU): the step with torch.compile'd network.
+Parts not run by default (--parts names them):
+- folder: ImageNet-like JPEG files (experiments/jpeg_folder.py: 500 x 375 windows of two photographs, quality
+  90) at 224 px, the aug-plus recipe, three views per image (MoCo+CLD's): views/s of the loader path (PIL in
+  --workers 0 and N) and of the folder device path (lib/folder_device.py: bytes read by 0 and N workers,
+  decoded and augmented on the device); decoding alone (torchvision / nvJPEG, and PIL) and crop-and-resize
+  alone (ours, and PIL's RandomResizedCrop); on CUDA also nvJPEG's pixels against PIL's;
+- folder-step: MoCo+CLD, ResNet-50 (ResNet-18 on the CPU) at 224 px on those JPEG files: the step alone against
+  the end-to-end loop over the folder device path, and host syncs per step (CUDA);
+- knn-imagenet: lib/knn.knn_scores at ImageNet's size (a 1,281,167 x 128 bank, 1,000 classes, k 200) on
+  --knn-test random test features: time and peak memory above the inputs with the old 1,024-row chunk
+  and with the memory budget, in one process and (the budget) in two under torchrun; each in a process of
+  its own, so that its peak is its own.
 Every figure is the best of --repeats runs (the least disturbed one), the figures compared with each other
 measured in turn; on the CPU the process's CPU time is given beside the wall time, since other jobs on a
 shared machine change the latter (the loader's worker processes are not in it).
 """
 import argparse
 import contextlib
+import io
 import json
 import math
 import os
 import platform
 import resource
+import shutil
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -37,6 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision import transforms
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train_cld  # noqa: E402
@@ -44,10 +61,13 @@ from lib.augment import MultiView, recipe_for, train_transform  # noqa: E402
 from lib.batch_augment import BatchAugment  # noqa: E402
 from lib.data import ArrayDataset, dataset_info  # noqa: E402
 from lib.device_data import DeviceBatches  # noqa: E402
+from lib import dist, folder_device  # noqa: E402
 from lib.knn import knn_scores  # noqa: E402
 from lib.models import NetworkSpec  # noqa: E402
 from lib.partners import PARTNERS  # noqa: E402
 from lib.sampler import EpochSampler  # noqa: E402
+from lib.subsets import SubsetDataset  # noqa: E402
+from jpeg_folder import write_jpegs  # noqa: E402  (experiments/, this script's folder)
 
 RESULTS = []
 
@@ -389,6 +409,299 @@ def bench_knn(args, device):
          memory_measure=how)
 
 
+# ----------------------------------------------------------------------------- image folders at 224 px
+
+def jpeg_train_folder(args, n):
+    """The train/ folder of --folder-root (experiments/jpeg_folder.py), or n JPEG files written to a temporary
+    folder: (folder, the temporary root to remove or None)."""
+    if args.folder_root:
+        return os.path.join(args.folder_root, "train"), None
+    root = tempfile.mkdtemp(prefix="bench-jpegs-")
+    return write_jpegs(os.path.join(root, "train"), n), root
+
+
+def bench_folder(args, device):
+    """Views/s at 224 px on photographs saved as JPEG, aug-plus, 3 views per image: the loader path (PIL) and
+    the folder device path, with --workers 0 and N (on a GPU the loader with N only: with 0 it would take a
+    minute); then decoding alone, nvJPEG's pixels against PIL's (CUDA), and crop-and-resize alone."""
+    from PIL import Image
+    from lib.data import FolderDataset
+    size, views, batch = 224, 3, args.folder_batch
+    info = dataset_info("imagenet")
+    folder, temporary = jpeg_train_folder(args, args.folder_images)
+    paths = [path for path, _ in FolderDataset(folder).samples][:args.folder_images]
+    n = len(paths) - len(paths) % batch
+    sampler = EpochSampler(n, batch, 0, 1, 0)
+    kilobytes = np.mean([os.path.getsize(p) for p in paths]) / 1024
+    common = dict(size=size, recipe="aug-plus", views_per_image=views, batch=batch, images=n,
+                  mean_file_kib=round(float(kilobytes), 1), omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
+    worker_counts = [args.workers] if device.type == "cuda" else sorted({0, args.workers})
+    for workers in worker_counts:
+        dataset = FolderDataset(folder, transform=MultiView(train_transform(info, "aug-plus", False, size), views))
+        loader = DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
+                            pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+
+        def through_loader():
+            for batch_views, _, _ in loader:
+                [v.to(device, non_blocking=True) for v in batch_views]
+        through_loader()  # starts the workers, warms PIL and the page cache
+        seconds = best_of(args.repeats, device, through_loader)
+        emit(part="folder", what=f"loader path (PIL), {workers} workers", views_per_s=views * n / seconds, **common)
+    recipe = recipe_for("aug-plus", size)
+    for workers in sorted({0, args.workers}):
+        first_n = SubsetDataset(FolderDataset(folder), np.arange(n))  # the sampler's n images
+        batches = folder_device.FolderBatches.build(first_n, sampler, recipe, False, info, size, views, 0, 0, device,
+                                                    workers)
+        list(batches)
+        seconds = best_of(args.repeats, device, lambda: list(batches))
+        emit(part="folder", what=f"device path (decode + views), {workers} workers", views_per_s=views * n / seconds,
+             target=FOLDER_VIEWS_TARGET if device.type == "cuda" else None, **common)
+    files = folder_device.collate([folder_device.FileBytes(FolderDataset(folder))[k] for k in range(batch)])[0]
+    seconds = best_of(args.repeats, device, lambda: folder_device.decode(files, device))
+    emit(part="folder", what="decode alone, torchvision" + (" (nvJPEG)" if device.type == "cuda" else " (libjpeg-turbo)"),
+         images_per_s=batch / seconds, **common)
+    raw = [bytes(data.numpy()) for data in files.data]
+
+    def pil_decode():
+        return [Image.open(io.BytesIO(data)).convert("RGB") for data in raw]
+    seconds = best_of(args.repeats, device, pil_decode)
+    emit(part="folder", what="decode alone, PIL", images_per_s=batch / seconds, **common)
+    images = folder_device.decode(files, device)
+    if device.type == "cuda":  # libjpeg-turbo (PIL, and our CPU decoder) and nvJPEG round differently
+        diffs = torch.cat([(image.cpu().int() - torch.from_numpy(np.array(pil)).permute(2, 0, 1).int()).abs().flatten()
+                           for image, pil in zip(images, pil_decode())]).float()
+        emit(part="folder", what="nvJPEG's pixels against PIL's", mean_abs_diff=diffs.mean().item(),
+             max_abs_diff=diffs.max().item(), share_differing=(diffs > 0).float().mean().item(), **common)
+    generator = torch.Generator(device=device)
+    augment = BatchAugment(recipe, False, info.mean, info.std, size)
+    height = folder_device.host_values([im.shape[1] for im in images], device)
+    width = folder_device.host_values([im.shape[2] for im in images], device)
+    boxes = [augment.draw(batch, height, width, generator.manual_seed(v), device) for v in range(views)]
+    boxes = [torch.stack([p[key] for p in boxes]) for key in ("i", "j", "h", "w", "flip")]
+    seconds = best_of(args.repeats, device, lambda: folder_device.crop_resize(images, *boxes, size))
+    emit(part="folder", what="crop and resize alone, ours (antialiased, batched)", views_per_s=views * batch / seconds,
+         **common)
+    crop = transforms.RandomResizedCrop(size)
+    pil_images = pil_decode()
+    seconds = best_of(args.repeats, device, lambda: [crop(im) for im in pil_images for _ in range(views)])
+    emit(part="folder", what="crop and resize alone, PIL's RandomResizedCrop", views_per_s=views * batch / seconds,
+         **common)
+    if temporary:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+# Targets of experiments/gpu_check.sh on one H100 (--targets): the folder device path's views/s, decoding
+# included; its end-to-end step within 10% of the step alone; no host synchronisation in a step.
+FOLDER_VIEWS_TARGET, FOLDER_OVERHEAD_TARGET = 10_000, 1.10
+
+
+def build_folder(args, partner, arch, size, batch, device, root, workers):
+    """A train_cld Run over the image folder root (train/ and val/) on the folder device path: the imagenet
+    recipe row of the partner at this arch, size and batch; K scaled with the batch as in build()."""
+    row_k = 128 if partner == "npid" else 120
+    argv = ["--dataset", "imagefolder", "--data", root, "--arch", arch, "--image-size", str(size), "--batch-size",
+            str(batch), "--partner", partner, "--clusters", str(max(2, row_k * batch // 512)), "--data-path", "device",
+            "--workers", str(workers), "--check-images", "off", "--out", tempfile.mkdtemp(prefix="bench-")]
+    run_args = train_cld.parse_args(argv)
+    spec = NetworkSpec.from_config(vars(run_args), 3)
+    batches, sampler, knn_train, knn_test = train_cld.make_data(run_args, PARTNERS[partner].views, 0, 1, device)
+    raw_model, memory, optimizer, scaler, autocast = train_cld.make_network(run_args, spec, PARTNERS[partner],
+                                                                            BANK_ROWS.get(size, sampler.size), 1, device)
+    raw_model.to(memory_format=train_cld.LAYOUT)
+    memory.to(memory_format=train_cld.LAYOUT)
+    cld = train_cld.make_cross_level(run_args)
+    return train_cld.Run(run_args, 0, 1, device, spec, batches, sampler, knn_train, knn_test, raw_model, raw_model,
+                         memory, cld, optimizer, scaler, autocast, train_cld.metric_names(memory, cld))
+
+
+def count_data_syncs(run, steps):
+    """Host synchronisations while the folder device path makes `steps` batches (CUDA's sync debug mode; the
+    decoder's wait for its own nvJPEG stream is not one: it does not wait for the training stream)."""
+    if run.device.type != "cuda":
+        return None
+    sync(run.device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            for _ in zip(range(steps), iter(run.loader)):
+                pass
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def bench_folder_step(args, device):
+    """MoCo+CLD (three views), ResNet-50 at 224 px, batch --imagenet-batch: the step alone (a fixed batch on the
+    device) against train_cld.train_epoch over the folder device path on JPEG files (steps + 1 steps), measured
+    in turn --repeats times; and the host syncs per step of each (CUDA)."""
+    batch, steps = args.imagenet_batch, args.steps
+    if args.folder_root:
+        root, temporary = args.folder_root, None
+    else:
+        temporary = root = tempfile.mkdtemp(prefix="bench-jpegs-")
+        write_jpegs(os.path.join(root, "train"), batch * (steps + 1))
+        write_jpegs(os.path.join(root, "val"), batch, seed=1)
+    run = build_folder(args, "moco", "resnet50" if device.type == "cuda" else "resnet18", 224, batch, device, root,
+                       args.workers)
+    run.sampler.steps_per_epoch = min(run.sampler.steps_per_epoch, steps + 1)  # an epoch: steps + 1 steps
+    alone = steps_alone(run, steps)
+    alone()  # warm-up: allocator, autotuning
+    figures = {"step alone": (alone, steps),
+               "folder device path, end to end": (end_to_end(run), run.sampler.steps_per_epoch)}
+    times = {path: [] for path in figures}
+    for _ in range(args.repeats):
+        for path, (fn, count) in figures.items():
+            times[path].append(timed(device, fn)[0] / count)
+    best = {path: min(t) for path, t in times.items()}
+    syncs = {"step alone": count_syncs(run, min(steps, 5)), "folder device path, end to end": count_data_syncs(run, 5)}
+    for path, seconds in best.items():
+        emit(part="folder-step", partner="moco", arch=run.args.arch, size=224, batch=batch, path=path,
+             seconds_per_step=seconds, images_per_s=batch / seconds, vs_step_alone=seconds / best["step alone"],
+             host_syncs=syncs[path], target=FOLDER_OVERHEAD_TARGET if device.type == "cuda" else None, turns=times[path])
+    if temporary:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def summary():
+    """The folder parts' key figures, rounded."""
+    out = {}
+    for r in RESULTS:
+        if r["part"] == "folder" and r["what"].startswith("device path"):
+            out[r["what"].split(", ")[1] + ", views/s"] = round(r["views_per_s"])
+        if r["part"] == "folder" and "mean_abs_diff" in r:
+            out["nvJPEG vs PIL, mean |diff|"] = round(r["mean_abs_diff"], 2)
+        if r["part"] == "folder-step" and r["path"] != "step alone":
+            out["end to end / step alone"] = round(r["vs_step_alone"], 3)
+        if r["part"] == "folder-step" and r["host_syncs"] is not None:
+            out[f"host syncs, {r['path']}"] = r["host_syncs"]
+    return out
+
+
+def missed_targets():
+    """The gpu_check targets (FOLDER_VIEWS_TARGET, FOLDER_OVERHEAD_TARGET, no host syncs) the measured records
+    miss, as lines; the records carry a target only on CUDA."""
+    missed = []
+    for r in RESULTS:
+        if r.get("target") is None:
+            continue
+        if r["part"] == "folder" and r["views_per_s"] < r["target"]:
+            missed.append(f"{r['what']}: {r['views_per_s']:.0f} views/s, target {r['target']:,}")
+        if r["part"] == "folder-step" and r["vs_step_alone"] > r["target"]:
+            missed.append(f"{r['path']}: x{r['vs_step_alone']:.3f} of the step alone, target x{r['target']}")
+        if r["part"] == "folder-step" and r["host_syncs"]:
+            missed.append(f"{r['path']}: {r['host_syncs']} host syncs in 5 steps, target 0")
+    return missed
+
+
+# ----------------------------------------------------------------------------- kNN at ImageNet's size
+
+IMAGENET_BANK, IMAGENET_CLASSES = 1_281_167, 1000
+
+
+def resident_bytes():
+    """This process's resident memory now (Linux /proc/self/statm)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakResident:
+    """The highest resident memory seen while the block runs, sampled every 2 ms by a thread: .extra is it
+    minus the memory at the start (the allocations of the block, whatever the process held before)."""
+
+    def __enter__(self):
+        self.start = self.peak = resident_bytes()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def watch(self):
+        while not self.done.wait(0.002):
+            self.peak = max(self.peak, resident_bytes())
+
+    def __exit__(self, *exc):
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, resident_bytes())
+        self.extra = self.peak - self.start
+
+
+def unit_rows(n, dim, generator):
+    """[n, dim] random unit rows, built in pieces so that no temporary of the whole size is left behind."""
+    out = torch.empty(n, dim)
+    for start in range(0, n, 65536):
+        out[start:start + 65536] = F.normalize(torch.randn(min(65536, n - start), dim, generator=generator), dim=1)
+    return out
+
+
+@torch.no_grad()
+def knn_scores_before(test_features, train_features, train_labels, num_classes, k=200, sigma=0.1, chunk=1024):
+    """lib/knn.py's knn_scores as it was before the memory budget (commit 1c701de), to measure against: blocks
+    of 1,024 test rows, and the previous block still alive while the next one is built."""
+    k = min(k, train_features.shape[0])
+    scores = []
+    for start in range(0, test_features.shape[0], chunk):
+        sim = test_features[start:start + chunk] @ train_features.t()      # [m, N]
+        top_sim, top_idx = sim.topk(k, dim=1)
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+        votes.scatter_add_(1, train_labels[top_idx], (top_sim / sigma).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def knn_imagenet_process(args):
+    """One process of a knn-imagenet measurement (plain, or one of torchrun's): ImageNet-sized random
+    features, knn_scores timed and its peak memory taken; process 0 prints one JSON line per process."""
+    rank, world, _ = dist.setup()
+    g = torch.Generator().manual_seed(0)
+    bank, test = unit_rows(IMAGENET_BANK, 128, g), unit_rows(args.knn_test, 128, g)
+    labels = torch.randint(0, IMAGENET_CLASSES, (IMAGENET_BANK,), generator=g)
+    old = args.knn_run == "before"
+    dist.all_reduce_sum(torch.zeros(1))  # start together
+    with PeakResident() as peak:
+        start = time.perf_counter()
+        if old:
+            scores = knn_scores_before(test, bank, labels, IMAGENET_CLASSES, k=200, sigma=0.1)
+        else:
+            scores = knn_scores(test, bank, labels, IMAGENET_CLASSES, k=200, sigma=0.1, across_processes=True)
+        seconds = time.perf_counter() - start
+    assert scores.shape == (args.knn_test, IMAGENET_CLASSES)
+    mine = {"rank": rank, "seconds": seconds, "peak_extra_mib": peak.extra / 2**20,
+            "inputs_mib": (bank.nbytes + test.nbytes + labels.nbytes) / 2**20}
+    for record in dist.gather_objects(mine):
+        if rank == 0:
+            print(json.dumps({**record, "processes": world, "run": args.knn_run}), flush=True)
+    dist.cleanup()
+
+
+def bench_knn_imagenet(args):
+    """knn-imagenet: before (chunk 1,024 rows, one process: the code before the budget had no split over
+    processes, so two processes each did all of it), after (the budget) in one process and in two."""
+    script = os.path.abspath(__file__)
+    runs = [("before", 1), ("after", 1), ("after", 2)]
+    for run, processes in runs:
+        launcher = [sys.executable] if processes == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                            "--standalone", "--nproc_per_node", str(processes)]
+        env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if processes > 1 else {})}
+        r = subprocess.run([*launcher, script, "--knn-run", run, "--knn-test", str(args.knn_test)],
+                           capture_output=True, text=True, env=env)
+        if r.returncode != 0:
+            raise SystemExit(f"knn-imagenet {run} on {processes} process(es) failed: {r.stderr[-2000:]}")
+        for line in r.stdout.splitlines():
+            if line.startswith("{"):
+                record = json.loads(line)
+                emit(part="knn-imagenet", bank=IMAGENET_BANK, test=args.knn_test, dim=128, k=200,
+                     classes=IMAGENET_CLASSES, omp_num_threads=env.get("OMP_NUM_THREADS"),
+                     chunk="1024 rows (before)" if run == "before" else f"budget {knn_budget_rows()} rows",
+                     **record)
+
+
+def knn_budget_rows():
+    from lib.knn import block_rows
+    return block_rows(IMAGENET_BANK)
+
+
 # ----------------------------------------------------------------------------- report
 
 def table():
@@ -419,6 +732,25 @@ def table():
             lines.append(f"| activations, BYOL+CLD ResNet-50 224 px, 512 images x 2 views per GPU | {r['precision']} | "
                          f"{r['saved_mib_per_image']:.0f} MiB per image, {r['activations_gib_per_gpu']:.0f} GiB per GPU; "
                          f"--accumulate {r['accumulate_for_80gib']} keeps it under 60 GiB |")
+        elif r["part"] == "folder" and "views_per_s" in r:
+            lines.append(f"| image folder, {r['size']} px, {r['recipe']}, {r['views_per_image']} views | {r['what']} | "
+                         f"{r['views_per_s']:.0f} views/s |")
+        elif r["part"] == "folder" and "images_per_s" in r:
+            lines.append(f"| image folder, {r['mean_file_kib']:.0f} KiB JPEGs | {r['what']} | "
+                         f"{r['images_per_s']:.0f} images/s |")
+        elif r["part"] == "folder":
+            lines.append(f"| image folder, {r['mean_file_kib']:.0f} KiB JPEGs | {r['what']} | "
+                         f"{r['mean_abs_diff']:.2f} levels on average, {r['max_abs_diff']:.0f} at most, "
+                         f"{100 * r['share_differing']:.0f}% of pixels differ |")
+        elif r["part"] == "folder-step":
+            syncs = "" if r["host_syncs"] is None else f", {r['host_syncs']} host syncs in 5 steps"
+            lines.append(f"| MOCO+CLD step, {r['arch']} {r['size']} px, batch {r['batch']}, JPEG folder | {r['path']} | "
+                         f"{r['seconds_per_step'] * 1000:.0f} ms/step, {r['images_per_s']:.0f} img/s, "
+                         f"x{r['vs_step_alone']:.3f} of the step alone{syncs} |")
+        elif r["part"] == "knn-imagenet":
+            lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']}, {r['chunk']} | "
+                         f"process {r['rank']} of {r['processes']} | {r['seconds']:.1f} s, "
+                         f"+{r['peak_extra_mib']:.0f} MiB |")
         elif r["part"] == "knn":
             lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']} | time, peak memory | "
                          f"{r['seconds']:.2f} s, +{r['peak_extra_mib']:.0f} MiB |")
@@ -441,10 +773,23 @@ def main():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=gpu, help="also the compiled step")
     p.add_argument("--imagenet", action="store_true", help="also ResNet-50 at 224 px (batch --imagenet-batch)")
     p.add_argument("--imagenet-batch", type=int, default=128)
-    p.add_argument("--parts", default="knn,quick,augment,step,precision,memory", help="which parts, comma-separated")
+    p.add_argument("--parts", default="knn,quick,augment,step,precision,memory",
+                   help="which parts, comma-separated; also folder, folder-step, knn-imagenet (not run by default)")
     p.add_argument("--markdown", default=None, metavar="FILE",
                    help="also write the table, with the machine and the command, to FILE (docs/results/)")
+    p.add_argument("--folder-images", type=int, default=1024 if gpu else 128, help="JPEG files of the folder part")
+    p.add_argument("--folder-batch", type=int, default=256 if gpu else 64, help="images per batch, folder part")
+    p.add_argument("--folder-root", default=None,
+                   help="an image folder of experiments/jpeg_folder.py for the folder parts (default: written here)")
+    p.add_argument("--targets", action="store_true",
+                   help="exit 1 when a measured figure misses its gpu_check target (CUDA only: folder views/s, "
+                        "folder-step overhead and host syncs)")
+    p.add_argument("--knn-test", type=int, default=2048, help="test images of the knn-imagenet part")
+    p.add_argument("--knn-run", choices=["before", "after"], default=None,
+                   help="internal: one process of the knn-imagenet part")
     args = p.parse_args()
+    if args.knn_run:
+        return knn_imagenet_process(args)
     device = torch.device("cuda" if gpu else "cpu")
     parts = args.parts.split(",")
     emit(part="machine", device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
@@ -465,6 +810,12 @@ def main():
         bench_precision(args, device)
     if "memory" in parts:
         bench_memory(args)
+    if "folder" in parts:
+        bench_folder(args, device)
+    if "folder-step" in parts:
+        bench_folder_step(args, device)
+    if "knn-imagenet" in parts:
+        bench_knn_imagenet(args)
     emit(part="machine", load_after=os.getloadavg())
     text = table()
     print(text)
@@ -477,6 +828,12 @@ def main():
                 f"is the best of {args.repeats} turns; figures compared with each other were measured in turn.\n")
         with open(args.markdown, "w") as f:
             f.write(head + text + "\n")
+    if args.targets:  # one last JSON line: what gpu_check.sh prints beside the item
+        missed = missed_targets()
+        print(json.dumps({"targets": "missed" if missed else "met", **summary()}), flush=True)
+        if missed:
+            print("targets missed: " + "; ".join(missed), file=sys.stderr)
+            sys.exit(1)
 
 
 def cpu_model():

@@ -16,6 +16,13 @@
 #                     eval_features.py (two runs, ranked), eval_clusters.py (C2BIN's heads)
 #   compile           NPID+CLD with --compile
 #   nccl              two processes over NCCL with --gather-groups, when the machine has two GPUs
+#   jpeg_folder       an image folder of JPEG photographs (experiments/jpeg_folder.py) for the folder items:
+#   folder_views      the folder device path's views/s at 224 px, nvJPEG decoding included (target >= 10,000 on
+#                     one H100), beside PIL's in 8 workers; nvJPEG's pixels against PIL's
+#   folder_step       MoCo+CLD ResNet-50 at 224 px on the JPEG files: end to end within 10% of the step alone,
+#                     no host sync in a step or in the folder path's batches
+#   folder_resume     MoCo+CLD on the JPEG folder, two epochs, resumed from epoch_1.pth: ends where the
+#                     uninterrupted run ends
 #   benchmark         experiments/benchmark.py --imagenet: steps, data paths, host syncs per step (0 expected)
 # Without a GPU it says so in one line and exits 2; CPU=1 runs the same items on the CPU (ResNet-20, small
 # batches), which is how this script itself is tested.
@@ -25,8 +32,14 @@ PY=${PY:-python}
 OUT=${OUT:-runs/gpu_check}
 if [ "${CPU:-0}" = 1 ]; then
   ARCH=(--arch resnet20 --batch-size 128 --workers 0); LIMIT=${LIMIT:-900}; BENCH=(--parts quick --repeats 1)
+  JPEGS=(--train 96 --val 32); FOLDER=(--folder-images 64 --folder-batch 32 --repeats 1 --workers 0)
+  FOLDER_STEP=(--imagenet-batch 8 --steps 2 --repeats 1 --workers 0)
+  FOLDER_RUN=(--arch resnet20 --image-size 32 --batch-size 32 --queue 64 --clusters 8 --workers 0)
 elif $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   ARCH=(--batch-size 256 --workers 8); LIMIT=${LIMIT:-150}; BENCH=(--imagenet --steps 20 --repeats 2)
+  JPEGS=(--train 1536 --val 256); FOLDER=(--folder-images 1024 --folder-batch 256 --repeats 2 --workers 8)
+  FOLDER_STEP=(--imagenet-batch 128 --steps 10 --repeats 2 --workers 8)
+  FOLDER_RUN=(--batch-size 256 --workers 8)
 else
   echo "gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False), nothing was run; CPU=1 runs the items on the CPU"
   exit 2
@@ -86,6 +99,17 @@ if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
 else
   echo "SKIP  nccl                      one GPU: the two-process NCCL run needs two"
 fi
+# The folder device path (lib/folder_device.py): workers read bytes, the GPU decodes (nvJPEG) and augments.
+item jpeg_folder $PY experiments/jpeg_folder.py --out "$OUT/jpegs" "${JPEGS[@]}"
+item folder_views bash -c "set -o pipefail; $PY experiments/benchmark.py --parts folder --folder-root $OUT/jpegs \
+  ${FOLDER[*]} --targets | tee $OUT/folder.jsonl"
+item folder_step bash -c "set -o pipefail; $PY experiments/benchmark.py --parts folder-step --folder-root $OUT/jpegs \
+  ${FOLDER_STEP[*]} --targets | tee $OUT/folder_step.jsonl"
+FOLDER_TRAIN="$PY train_cld.py --dataset imagefolder --data $OUT/jpegs --moco --data-path device ${FOLDER_RUN[*]} \
+  --epochs 2 --knn-every 0"
+item folder_resume bash -c "$FOLDER_TRAIN --save-every 1 --out $OUT/folder_whole \
+  && $FOLDER_TRAIN --resume $OUT/folder_whole/epoch_1.pth --out $OUT/folder_resumed \
+  && $PY experiments/same_state.py $OUT/folder_whole/last.pth $OUT/folder_resumed/last.pth"
 item benchmark bash -c "$PY experiments/benchmark.py ${BENCH[*]} | tee $OUT/benchmark.jsonl"
 echo "gpu_check: $passed passed, $failed failed in $((SECONDS - started)) s ($OUT)"
 [ "$failed" = 0 ]

@@ -18,6 +18,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from lib.cluster import kmeans
+from lib.knn import block_rows
 from lib.precision import float32
 
 
@@ -108,9 +109,11 @@ def kmeans_labels(x, k, restarts=5, iters=50, seed=0):
 
 @torch.no_grad()
 @float32
-def nearest(queries, bank, k=1, chunk=1024):
+def nearest(queries, bank, k=1, chunk=None):
     """(similarities, indices), each [M, k]: the k most cosine-similar rows of bank [N, D] for each of
-    queries [M, D], best first. Built chunk query rows at a time (peak memory chunk x N)."""
+    queries [M, D], best first. Built chunk query rows at a time (peak memory chunk x N; default: the rows
+    lib/knn.py's memory budget allows, about 1 GiB at any bank size)."""
+    chunk = chunk or block_rows(bank.shape[0])
     sims, idx = [], []
     for start in range(0, queries.shape[0], chunk):
         s, i = (queries[start:start + chunk] @ bank.t()).topk(min(k, bank.shape[0]), dim=1)
@@ -119,7 +122,7 @@ def nearest(queries, bank, k=1, chunk=1024):
     return torch.cat(sims), torch.cat(idx)
 
 
-def retrieval_top1(queries, query_labels, bank, bank_labels, chunk=1024):
+def retrieval_top1(queries, query_labels, bank, bank_labels, chunk=None):
     """R(f, Y): fraction of queries whose nearest bank item (cosine) has the query's label."""
     _, idx = nearest(queries, bank, 1, chunk)
     bank_labels = torch.as_tensor(bank_labels, device=idx.device)
@@ -129,11 +132,13 @@ def retrieval_top1(queries, query_labels, bank, bank_labels, chunk=1024):
 
 @torch.no_grad()
 @float32
-def cross_view_retrieval(f, f2, chunk=1024):
+def cross_view_retrieval(f, f2, chunk=None):
     """R(f, f'): fraction of images i whose nearest neighbour (cosine) of f_i among all rows of f' is f'_i.
 
     A tie counts as a miss: f'_i must be strictly closer than every other f'_j. Otherwise a collapsed
-    network, whose features are all equal, would retrieve every image perfectly."""
+    network, whose features are all equal, would retrieve every image perfectly. Built chunk rows at a time
+    (default: lib/knn.py's memory budget, about 1 GiB)."""
+    chunk = chunk or block_rows(f2.shape[0])
     hits = 0
     for start in range(0, f.shape[0], chunk):
         sim = f[start:start + chunk] @ f2.t()                              # [m, N]

@@ -16,6 +16,8 @@ Where it differs from the PIL path (tests/test_batch_augment.py holds each op to
   here: a 2.5x shrink differs by ~4/255 on average on an image without detail finer than 16 px, by
   ~15/255 on pixel noise. The crop box is at most the image, so this only happens to images stored
   larger than the training size (ImageNet), never to CIFAR, STL-10 or Kitchen-HC at their size.
+  Image folders, whose files are decoded on the device, crop with lib/folder_device.py instead:
+  F.resized_crop(antialias=True), PIL's filter, then BatchAugment.after_crop's ops, the same as here.
 - The colour ops are torchvision's functional tensor ops (luma 0.2989, 0.587, 0.114; contrast
   blends with the exact mean grey; hue shifts in HSV), which differ from PIL's ImageEnhance, its
   "L" conversion (luma 0.299, 0.587, 0.114 in integer arithmetic) and its uint8 HSV by rounding.
@@ -57,27 +59,40 @@ def first_accepted(ok, *values):
 # ----------------------------------------------------------------------------- geometry
 
 def crop_boxes(generator, n, height, width, scale, ratio, device):
-    """RandomResizedCrop.get_params for n images of height x width at once -> i, j, h, w: [n] float.
+    """RandomResizedCrop.get_params for n images at once -> i, j, h, w: [n] float.
 
-    Each try: area ~ U(scale) * image area, log aspect (w/h) ~ U(log ratio); accepted when the
-    rounded box fits. Without an accepted try, the central crop of the image clamped to the ratio
-    range (a fixed box)."""
-    area = uniform(generator, (n, TRIES), scale[0], scale[1], device) * (height * width)
+    height, width: ints (every image that size: the arrays), or [n] float tensors on device (each image
+    its own size: the decoded files of an image folder). Each try: area ~ U(scale) * image area, log
+    aspect (w/h) ~ U(log ratio); accepted when the rounded box fits. Without an accepted try, the
+    central crop of the image clamped to the ratio range (a fixed box)."""
+    area = uniform(generator, (n, TRIES), scale[0], scale[1], device) * per_try(height * width)
     aspect = torch.exp(uniform(generator, (n, TRIES), math.log(ratio[0]), math.log(ratio[1]), device))
     w = torch.round(torch.sqrt(area * aspect))  # [n,T]; round half to even, as Python's round
     h = torch.round(torch.sqrt(area / aspect))
-    ok = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    ok = (w > 0) & (w <= per_try(width)) & (h > 0) & (h <= per_try(height))
     found, h, w = first_accepted(ok, h, w)
     fh, fw = fallback_box(height, width, ratio)
-    h = torch.where(found, h, torch.full_like(h, fh))
-    w = torch.where(found, w, torch.full_like(w, fw))
+    h = torch.where(found, h, fh if torch.is_tensor(fh) else torch.full_like(h, fh))
+    w = torch.where(found, w, fw if torch.is_tensor(fw) else torch.full_like(w, fw))
     i = torch.where(found, randint_below(generator, height - h + 1, device), (height - h) // 2)
     j = torch.where(found, randint_below(generator, width - w + 1, device), (width - w) // 2)
     return i, j, h, w
 
 
+def per_try(value):
+    """An image's number beside its [n, TRIES] draws: a [n] tensor as a column, a plain number as it is."""
+    return value[:, None] if torch.is_tensor(value) else value
+
+
 def fallback_box(height, width, ratio):
-    """(h, w) of RandomResizedCrop's fallback: the whole image, narrowed to the ratio range."""
+    """(h, w) of RandomResizedCrop's fallback: the whole image, narrowed to the ratio range. Plain numbers,
+    or for [n] tensors of sizes [n] tensors of the same dtype (worked out in float64, as Python does)."""
+    if torch.is_tensor(height):
+        h, w = height.double(), width.double()
+        aspect = w / h
+        fh = torch.where(aspect < min(ratio), torch.round(w / min(ratio)), h)
+        fw = torch.where(aspect > max(ratio), torch.round(h * max(ratio)), w)
+        return fh.to(height.dtype), fw.to(width.dtype)
     in_ratio = width / height
     if in_ratio < min(ratio):
         return round(width / min(ratio)), width
@@ -306,7 +321,8 @@ class BatchAugment:
         self.jitter_enabled = [v != 0 for v in recipe.jitter]
 
     def draw(self, n, height, width, generator, device):
-        """Every random parameter for n images, as tensors on device -> dict."""
+        """Every random parameter for n images, as tensors on device -> dict. height, width: the images'
+        size, ints, or [n] float tensors on device where each image has its own (see crop_boxes)."""
         r, g = self.recipe, generator
         p = {}
         p["i"], p["j"], p["h"], p["w"] = crop_boxes(g, n, height, width, r.crop_scale, r.crop_ratio, device)
@@ -328,9 +344,15 @@ class BatchAugment:
 
     def apply(self, images, p):
         """uint8 [B,C,H,W] and draw()'s parameters -> float32 [B,C,size,size]."""
-        r = self.recipe
         x = images.float().div_(255)  # [B,C,H,W] in [0,1], as ToTensor
         x = resample(x, p["i"], p["j"], p["h"], p["w"], p["flip"], self.size)  # [B,C,size,size]
+        return self.after_crop(x, p)
+
+    def after_crop(self, x, p):
+        """The recipe's ops after the crop: x float32 [B,C,size,size] in [0,1], already cropped, resized
+        and flipped as p says (by resample here, by lib/folder_device.py for image files) -> normalised
+        float32 [B,C,size,size]. Nothing is drawn here: draw() drew it all."""
+        r = self.recipe
         if r.grayscale_first:
             x = grayscale(x, p["grey_on"])
         x = jitter(x, p["order"], p["factors"], p["jitter_on"], self.jitter_enabled)

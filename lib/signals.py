@@ -42,17 +42,21 @@ def start_workers(loader):
     return batches
 
 
+def end_workers(batches):
+    """Shut an iterator's workers down as the iterator does when it is used up (which also stops DataLoader
+    watching them), then kill any left: they ignore the SIGTERM DataLoader would end them with."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(batches, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(timeout=5)
+
+
 @atexit.register
 def _end_workers():
     """When the process exits while an iterator is still alive (an exception left the loop), its workers
-    are still running; multiprocessing would SIGTERM them, which they ignore, and wait forever. Shut them
-    down as the iterator does when it is used up (which also stops DataLoader watching them), then kill any
-    left."""
+    are still running; multiprocessing would SIGTERM them, which they ignore, and wait forever."""
     for batches in list(_started):
-        shutdown = getattr(batches, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
-        for worker in getattr(batches, "_workers", []):
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
+        end_workers(batches)
