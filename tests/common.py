@@ -1,8 +1,13 @@
-"""Helpers the end-to-end tests share: running a script as a user does, and comparing saved states."""
+"""Helpers the end-to-end tests share: running a script as a user does (a new process) or in this one (to
+spare the interpreter's start and torch's import), and comparing saved states."""
+import contextlib
+import json
 import os
+import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,3 +36,47 @@ def states_equal(a, b):
     if isinstance(a, torch.Tensor):
         return torch.equal(a, b)
     return a == b
+
+
+@contextlib.contextmanager
+def pytests_own_signals():
+    """train_cld.main installs SIGINT / SIGTERM handlers; in this process they go back to pytest's after."""
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def train(*argv):
+    """train_cld.py in this process (no interpreter start, no imports): returns (model, partner). The checks
+    of the command line, the run and its files are the script's own; a failure the user would see as one
+    line raises SystemExit with that line."""
+    import train_cld
+    from lib import cli
+    args = train_cld.parse_args([str(a) for a in argv])
+    with pytests_own_signals():
+        return cli.run_main(train_cld.main, args)
+
+
+def evaluate(script, *argv, capsys):
+    """An evaluation script's main in this process -> its last printed JSON line, parsed strictly."""
+    from lib import cli
+    capsys.readouterr()
+    cli.run_main(script.main, script.parse_args([str(a) for a in argv]))
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return json.loads(lines[-1], parse_constant=refuse_non_json)
+
+
+def refuse_non_json(token):
+    raise ValueError(f"non-JSON token {token}")
+
+
+def failure(call, *args, **kwargs):
+    """The one line a failing run ends with (SystemExit's message, as cli.run_main gives it)."""
+    with pytest.raises(SystemExit) as stop:
+        call(*args, **kwargs)
+    assert isinstance(stop.value.code, str) and stop.value.code.startswith("error: "), stop.value.code
+    assert "\n" not in stop.value.code
+    return stop.value.code

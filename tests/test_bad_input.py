@@ -65,6 +65,7 @@ CASES = [
     ("train_cld", "--moco --moco-momentum 1.5", "error: --moco-momentum must be in [0, 1), got 1.5"),
     ("train_cld", "--moco --moco-momentum -1", "error: --moco-momentum must be in [0, 1), got -1.0"),
     ("train_cld", "--sync-every 0", "error: --sync-every must be positive, got 0"),
+    ("train_cld", "--accumulate 0", "error: --accumulate must be positive, got 0"),
     ("train_cld", "--infomin --beta 1.5", "error: --beta must be in [0, 1], got 1.5"),
     ("train_cld", "--c2bin --c2bin-scales 1", "error: --c2bin-scales must be 2 or more, got 1"),
     ("train_cld", "--c2bin --c2bin-t 0", "error: --c2bin-t must be positive, got 0.0"),

@@ -182,12 +182,13 @@ def test_c2bin_term_averages_the_scales():
     torch.manual_seed(0)
     l1, l2 = torch.randn(6, 5), torch.randn(6, 5)          # scales (2, 3) side by side
     term = ClusterContrast((2, 3), temperature=0.5)
-    loss, agreement, scale = term(l1, l2, 0)
+    loss, agreement, scale, terms = term(l1, l2, 0)
 
     def one(a, b):
         p, q = a.softmax(1), b.softmax(1)
-        return column_contrast(p, q, 0.5) + entropy_term(p) + entropy_term(q)
-    assert torch.allclose(loss, (one(l1[:, :2], l2[:, :2]) + one(l1[:, 2:], l2[:, 2:])) / 2)
+        return torch.stack([column_contrast(p, q, 0.5), entropy_term(p) + entropy_term(q)])
+    parts = (one(l1[:, :2], l2[:, :2]) + one(l1[:, 2:], l2[:, 2:])) / 2     # [contrast, entropy], scales averaged
+    assert torch.allclose(terms, parts) and torch.allclose(loss, parts.sum())
     assert agreement == (l1[:, :2].argmax(1) == l2[:, :2].argmax(1)).float().mean() and scale == 1
     assert ClusterContrast((2, 3), lam=0)(l1, l2, 0)[0] == 0
 

@@ -115,15 +115,16 @@ def test_loss_weights_the_jigsaw_term_by_beta_and_second_query_sees_the_authors_
     torch.manual_seed(1)
     q1, q2, jig, keys = (F.normalize(torch.randn(3, 4), dim=1) for _ in range(4))
     partner.keys = lambda images: keys
-    loss, pending = partner.loss([q1, q2, jig], [None, None, torch.zeros(3, 1, 8, 8)], None)
+    loss, pending, terms = partner.loss([q1, q2, jig], [None, None, torch.zeros(3, 1, 8, 8)], None)
     queue = partner.queue.clone()
     second = queue.clone()
     if twice:  # the keys written at rows 4, 5, 0: the authors' queue when their second contrast() runs
         second[[4, 5, 0]] = keys
     t, b = 0.5, 0.3
-    expected = ((1 - b) * hand_infonce(q1, keys, queue, t) + b * hand_infonce(jig, keys, queue, t)
-                + (1 - b) * hand_infonce(q2, keys, second, t) + b * hand_infonce(jig, keys, second, t)) / 2
-    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    query = (hand_infonce(q1, keys, queue, t) + hand_infonce(q2, keys, second, t)) / 2
+    jigsaw = (hand_infonce(jig, keys, queue, t) + hand_infonce(jig, keys, second, t)) / 2
+    assert loss.item() == pytest.approx((1 - b) * query + b * jigsaw, rel=1e-5)
+    assert terms.tolist() == pytest.approx([query, jigsaw], rel=1e-5)     # logged as loss_query, loss_jigsaw
     assert torch.equal(partner.queue, queue)                             # loss() changes nothing
 
 

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
+import convert_checkpoint
+import eval_knn
+import eval_linear
 from lib import checkpoint, rng
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, load_dataset
-from tests.common import run, states_equal
+from tests.common import evaluate, failure, run, states_equal, train
 from tests.fixtures import write_cifar10
 
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0",
@@ -41,8 +44,7 @@ class CreatesFile:
 @pytest.fixture(scope="module")
 def two_epochs(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    r = run("train_cld.py", *SMALL, "--epochs", 2, "--save-every", 1, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
+    train(*SMALL, "--epochs", 2, "--save-every", 1, "--out", out)
     return out
 
 
@@ -86,12 +88,16 @@ def test_checkpoint_loads_with_weights_only(two_epochs):
 # ---------------------------------------------------------------- crafted files run nothing
 
 @pytest.mark.parametrize("script", ["eval_knn.py", "eval_linear.py", "train_cld.py"])
-def test_crafted_checkpoint_is_refused_before_it_runs(script, tmp_path):
+def test_crafted_checkpoint_is_refused_before_it_runs(script, tmp_path, capsys):
+    """As a user runs eval_knn.py (a new process); the other two through their main() here."""
     marker = tmp_path / "pwned"
     torch.save({"config": {"dataset": "digits"}, "model": {}, "payload": CreatesFile(marker)}, tmp_path / "evil.pth")
-    args = ["--ckpt", tmp_path / "evil.pth"] if script != "train_cld.py" else \
-        [*SMALL, "--resume", tmp_path / "evil.pth", "--out", tmp_path / "run"]
-    line = one_clear_line(run(script, *args))
+    if script == "eval_knn.py":
+        line = one_clear_line(run(script, "--ckpt", tmp_path / "evil.pth"))
+    elif script == "eval_linear.py":
+        line = failure(evaluate, eval_linear, "--ckpt", tmp_path / "evil.pth", capsys=capsys)
+    else:
+        line = failure(train, *SMALL, "--resume", tmp_path / "evil.pth", "--out", tmp_path / "run")
     assert "evil.pth holds a Python object (io.open)" in line and "--trust-checkpoint" in line
     assert not marker.exists()
 
@@ -105,7 +111,7 @@ def test_crafted_cifar_pickle_is_refused_before_it_runs(tmp_path):
     with pytest.raises(DatasetError, match=r"data_batch_1 was not loaded: it refers to io\.open"):
         load_dataset("cifar10", root, "train")
     assert not marker.exists()
-    line = one_clear_line(run("train_cld.py", "--dataset", "cifar10", "--data", root, "--out", tmp_path / "run"))
+    line = failure(train, "--dataset", "cifar10", "--data", root, "--out", tmp_path / "run")
     assert "data_batch_1" in line and not marker.exists() and not (tmp_path / "run").exists()
 
 
@@ -122,18 +128,18 @@ def test_truncated_cifar_pickle_is_one_line(tmp_path):
 
 # ---------------------------------------------------------------- right format, wrong contents
 
-def test_config_missing_a_key_is_one_line(two_epochs, tmp_path):
+def test_config_missing_a_key_is_one_line(two_epochs, tmp_path, capsys):
     ckpt = torch.load(two_epochs / "last.pth", weights_only=True)
     del ckpt["config"]["ins_t"]
     torch.save(ckpt, tmp_path / "no_t.pth")
-    line = one_clear_line(run("eval_knn.py", "--ckpt", tmp_path / "no_t.pth", "--workers", 0))
+    line = failure(evaluate, eval_knn, "--ckpt", tmp_path / "no_t.pth", "--workers", 0, capsys=capsys)
     assert "its config lacks 'ins_t'" in line
 
 
-def test_config_of_another_project_is_one_line(tmp_path):
+def test_config_of_another_project_is_one_line(tmp_path, capsys):
     torch.save({"config": {"lr": 0.1, "model": "vit"}, "model": {}}, tmp_path / "other.pth")
-    for script in ("eval_knn.py", "eval_linear.py"):
-        line = one_clear_line(run(script, "--ckpt", tmp_path / "other.pth"))
+    for script in (eval_knn, eval_linear):
+        line = failure(evaluate, script, "--ckpt", tmp_path / "other.pth", capsys=capsys)
         assert "was not written by train_cld.py" in line and "'dataset'" in line
 
 
@@ -141,8 +147,7 @@ def test_checkpoint_without_training_state_cannot_be_resumed(two_epochs, tmp_pat
     ckpt = torch.load(two_epochs / "last.pth", weights_only=True)
     del ckpt["memory"]
     torch.save(ckpt, tmp_path / "partial.pth")
-    line = one_clear_line(run("train_cld.py", *SMALL, "--epochs", 2, "--resume", tmp_path / "partial.pth",
-                              "--out", tmp_path / "run"))
+    line = failure(train, *SMALL, "--epochs", 2, "--resume", tmp_path / "partial.pth", "--out", tmp_path / "run")
     assert "cannot be resumed: it lacks memory" in line
 
 
@@ -153,23 +158,22 @@ def test_folder_as_checkpoint_says_so(tmp_path):
 
 # ---------------------------------------------------------------- checkpoints of earlier versions
 
-def test_old_checkpoint_refused_then_trusted_then_converted(two_epochs, tmp_path):
+def test_old_checkpoint_refused_then_trusted_then_converted(two_epochs, tmp_path, capsys):
     old = legacy(two_epochs / "epoch_1.pth", tmp_path / "old.pth")
-    line = one_clear_line(run("eval_knn.py", "--ckpt", old, "--workers", 0))
+    line = failure(evaluate, eval_knn, "--ckpt", old, "--workers", 0, capsys=capsys)
     assert "numpy" in line and "--trust-checkpoint" in line and "convert_checkpoint.py" in line
 
-    trusted = run("eval_knn.py", "--ckpt", old, "--workers", 0, "--trust-checkpoint")
-    assert trusted.returncode == 0 and "warning: --trust-checkpoint" in trusted.stderr
+    capsys.readouterr()
+    eval_knn.main(eval_knn.parse_args(["--ckpt", str(old), "--workers", "0", "--trust-checkpoint"]))
+    assert "warning: --trust-checkpoint" in capsys.readouterr().err
 
     # Resuming the old file (trusted) ends exactly where the uninterrupted run ends.
-    r = run("train_cld.py", *SMALL, "--epochs", 2, "--resume", old, "--trust-checkpoint", "--out", tmp_path / "a")
-    assert r.returncode == 0, r.stderr[-3000:]
+    train(*SMALL, "--epochs", 2, "--resume", old, "--trust-checkpoint", "--out", tmp_path / "a")
     assert states_equal(training_state(tmp_path / "a" / "last.pth"), training_state(two_epochs / "last.pth"))
 
-    assert run("convert_checkpoint.py", old, tmp_path / "new.pth").returncode == 2  # refuses without the flag
-    r = run("convert_checkpoint.py", "--trust-checkpoint", old, tmp_path / "new.pth")
-    assert r.returncode == 0, r.stderr
+    refused = run("convert_checkpoint.py", old, tmp_path / "new.pth")  # as a user runs it: refuses without the flag
+    assert refused.returncode == 2 and "--trust-checkpoint" in refused.stderr
+    convert_checkpoint.main(convert_checkpoint.parse_args(["--trust-checkpoint", str(old), str(tmp_path / "new.pth")]))
     checkpoint.load(tmp_path / "new.pth")  # safe now
-    r = run("train_cld.py", *SMALL, "--epochs", 2, "--resume", tmp_path / "new.pth", "--out", tmp_path / "b")
-    assert r.returncode == 0, r.stderr[-3000:]
+    train(*SMALL, "--epochs", 2, "--resume", tmp_path / "new.pth", "--out", tmp_path / "b")
     assert states_equal(training_state(tmp_path / "b" / "last.pth"), training_state(two_epochs / "last.pth"))
