@@ -59,6 +59,7 @@ def parse_args(argv=None):
     p.add_argument("--summary-only", action="store_true",
                    help="train and evaluate nothing: write the table when every run has finished")
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the SLURM script's header
     if args.list:
         return args
     if not args.table:
@@ -477,7 +478,7 @@ def slurm_script(args, table, prepare, jobs, after):
              "#SBATCH --signal=B:USR1@180",
              f"#SBATCH --output={args.runs}/slurm-%A_%a.out",
              "# Add your cluster's resources here (e.g. #SBATCH --gres=gpu:8 --cpus-per-task=64 --time=24:00:00).",
-             f"# Written by: {q(['python', 'reproduce.py', *sys.argv[1:]])}",
+             f"# Written by: {q(['python', 'reproduce.py', *args.argv])}",
              "set -uo pipefail",
              f"cd {shlex.quote(ROOT)}",
              f"mkdir -p {shlex.quote(args.runs)}",

@@ -80,3 +80,15 @@ def failure(call, *args, **kwargs):
     assert isinstance(stop.value.code, str) and stop.value.code.startswith("error: "), stop.value.code
     assert "\n" not in stop.value.code
     return stop.value.code
+
+
+def digits_subset(path, per_class):
+    """A subset file of digits' training split, the first per_class images of each class: runs of a few steps
+    where the whole split (1,437 images) would take too long (bf16 is emulated on CPUs without AMX)."""
+    import numpy as np
+    from lib.data import load_dataset
+    from lib.subsets import write_subset
+    targets = np.asarray(load_dataset("digits", None, "train").targets)
+    keep = np.sort(np.concatenate([np.flatnonzero(targets == c)[:per_class] for c in range(10)]))
+    write_subset(path, keep, targets[keep], len(targets), dataset="digits")
+    return path

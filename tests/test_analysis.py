@@ -18,6 +18,9 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from lib import analysis, figures
 from lib.models import build_model
 
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_analysis")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

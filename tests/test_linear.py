@@ -17,6 +17,10 @@ from lib.subsets import write_subset
 from lib.linear import BackboneChanged, ExportError, balanced_subset, check_unchanged, snapshot
 from lib.longtail import longtail_indices
 from lib.models import CLDNet, build_model
+from tests.common import train
+
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_linear")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # On a CPU shared with other jobs, two threads per process make tiny tensor ops crawl: one is many times faster.
@@ -43,13 +47,12 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def trained(tmp_path_factory):
     """Six epochs of NPID+CLD with a ResNet-20 on digits."""
     out = tmp_path_factory.mktemp("run")
-    r = run("train_cld.py", "--dataset", "digits", "--arch", "resnet20", "--batch-size", 128, "--clusters", 10,
-            "--workers", 0, "--epochs", 6, "--lr", 0.01, "--warmup-epochs", 0, "--knn-every", 0, "--out", out)
-    assert r.returncode == 0, r.stderr[-3000:]
+    train("--dataset", "digits", "--arch", "resnet20", "--batch-size", 128, "--clusters", 10, "--workers", 0,
+          "--epochs", 6, "--lr", 0.01, "--warmup-epochs", 0, "--knn-every", 0, "--out", out)
     return out / "last.pth"
 
 

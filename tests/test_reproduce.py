@@ -1,9 +1,12 @@
 """reproduce.py and the tables it runs: the registry, the paper's commands against their settings, the smoke
 budget end to end, the verdicts on hand-made numbers, the SLURM script and bad input."""
+import contextlib
+import io
 import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -11,7 +14,10 @@ import reproduce
 import train_cld
 from lib.claims import judge
 from lib.tables import TABLES, Claim, budgets
-from tests.common import ROOT, run
+from tests.common import ROOT
+
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_reproduce")
 
 ISSUE_TABLES = ("table1", "table2", "table3", "table4", "table5", "table6", "table7", "table8", "kitchen-hc",
                 "ablation", "fig7", "authors-readme", "byol-c2bin")
@@ -99,39 +105,50 @@ def test_every_paper_command_parses_and_resolves_the_papers_settings(name, tmp_p
                 parsers[script](command[command.index(script) + 1:])
 
 
-@pytest.fixture(scope="module")
-def smoke_table2(tmp_path_factory):
-    """table2 at the smoke budget, seed 0: four digits runs of one epoch."""
-    runs = tmp_path_factory.mktemp("table2")
-    r = run("reproduce.py", "table2", "--budget", "smoke", "--seeds", "0", "--runs", runs, "--jobs", "2")
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    return runs, r
+def reproduce_here(*argv):
+    """reproduce.py's main in this process (its runs are processes of their own) -> what it printed."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        reproduce.main(reproduce.parse_args([str(a) for a in argv]))
+    return out.getvalue()
 
 
-def test_smoke_budget_end_to_end(smoke_table2):
-    runs, r = smoke_table2
-    summary = json.loads((runs / "table2.json").read_text())  # strict JSON
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
+def smoke_table(tmp_path_factory):
+    """The datapath table at the smoke budget, seeds 0 and 1: four digits runs of one epoch, two at a time."""
+    runs = tmp_path_factory.mktemp("datapath")
+    started = time.time()
+    printed = reproduce_here("datapath", "--budget", "smoke", "--seeds", "0", "1", "--runs", runs, "--jobs", "2")
+    return runs, printed, time.time() - started
+
+
+def test_smoke_budget_end_to_end(smoke_table):
+    runs, printed, seconds = smoke_table
+    assert seconds < 120  # about 25 s on an idle 2-core machine
+    summary = json.loads((runs / "datapath.json").read_text())  # strict JSON
     assert summary["runs"] == summary["runs_planned"] == 4 and summary["budget"] == "smoke"
     ours = {row["key"]: row["ours"] for row in summary["rows"]}
-    assert set(ours) == {"cifar10_npid", "cifar10_moco", "cifar10_cld", "cifar10_cldm"}
-    assert all(0 < o["top1"]["mean"] <= 100 and list(o["top1"]["values"]) == ["0"] for o in ours.values())
-    verdicts = {c["claim"]: c["verdict"] for c in summary["claims"]}
-    assert verdicts["CLD above NPID on CIFAR-10"] == "cannot tell"            # one seed
-    assert verdicts["CLD above NPID on STL-10"] == "not run at this budget"
-    md = (runs / "table2.md").read_text()
-    assert "| CIFAR-10 CLD |" in md and "80.8" in md and "## Claims" in md
-    assert (runs / "table2.png").read_bytes()[:4] == b"\x89PNG"
-    assert "[4/4]" in r.stdout
+    assert set(ours) == {"fmnist_loader", "fmnist_device"}
+    assert all(0 < o["top1"]["mean"] <= 100 and list(o["top1"]["values"]) == ["0", "1"] for o in ours.values())
+    claims = {c["claim"]: c for c in summary["claims"]}
+    fmnist = claims["the device path trains as well as the loader (Fashion-MNIST, kNN within 2 points)"]
+    assert fmnist["seeds"] == 2 and fmnist["values"] == [ours["fmnist_device"]["top1"]["values"][s]
+                                                         - ours["fmnist_loader"]["top1"]["values"][s] for s in "01"]
+    assert claims["the device path trains as well as the loader (digits, kNN within 2 points)"]["verdict"] == \
+        "not run at this budget"
+    md = (runs / "datapath.md").read_text()
+    assert "| Fashion-MNIST 10k, --data-path device |" in md and "## Claims" in md
+    assert (runs / "datapath.png").read_bytes()[:4] == b"\x89PNG"
+    assert "[4/4]" in printed
 
 
-def test_a_second_run_trains_nothing_and_a_torn_log_is_mended_from_the_checkpoint(smoke_table2):
-    runs, _ = smoke_table2
+def test_a_second_run_trains_nothing_and_a_torn_log_is_mended_from_the_checkpoint(smoke_table):
+    runs, _, _ = smoke_table
     checkpoints = {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pth")}
-    log = runs / "cifar10_cld_s0" / "metrics.jsonl"
+    log = runs / "fmnist_device_s0" / "metrics.jsonl"
     log.write_text("")  # as if the process died between its checkpoint and its log line
-    r = run("reproduce.py", "table2", "--budget", "smoke", "--seeds", "0", "--runs", runs)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "4 runs, 3 finished already, 1 to run" in r.stdout
+    printed = reproduce_here("datapath", "--budget", "smoke", "--seeds", "0", "1", "--runs", runs)
+    assert "4 runs, 3 finished already, 1 to run" in printed
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/last.pth")} == checkpoints   # nothing trained again
     assert json.loads(log.read_text().splitlines()[-1])["epoch"] == 1              # --resume auto restored it
 
@@ -173,9 +190,9 @@ def test_best_and_within_verdicts_on_hand_made_numbers(a, winners, verdict):
 
 def test_slurm_script_has_a_task_per_row_and_seed_and_passes_bash_n(tmp_path):
     script = tmp_path / "t5.sbatch"
-    r = run("reproduce.py", "table5", "--budget", "paper", "--runs", tmp_path / "runs", "--data", "/data/x y",
-            "--launcher", "torchrun --nproc_per_node=8", "--slurm", script)
-    assert r.returncode == 0, r.stderr
+    printed = reproduce_here("table5", "--budget", "paper", "--runs", tmp_path / "runs", "--data", "/data/x y",
+                             "--launcher", "torchrun --nproc_per_node=8", "--slurm", script)
+    assert printed.startswith(f"wrote {script}: 27 array tasks")
     text = script.read_text()
     jobs = 3 * sum("paper" in row.runs for row in TABLES["table5"].rows)
     assert f"#SBATCH --array=0-{jobs - 1}" in text and "#SBATCH --requeue" in text and "--signal=B:USR1" in text

@@ -18,6 +18,9 @@ from lib.data import DatasetError, load_dataset
 from tests.common import evaluate, failure, run, states_equal, train
 from tests.fixtures import write_cifar10
 
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_safe_loading")
+
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0",
          "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "0"]
 
@@ -41,7 +44,7 @@ class CreatesFile:
         return (open, (self.path, "w"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def two_epochs(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     train(*SMALL, "--epochs", 2, "--save-every", 1, "--out", out)

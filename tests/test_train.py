@@ -18,12 +18,15 @@ from lib.models import CLDNet
 from tests.common import evaluate, failure, states_equal, train
 from tests.test_faults import signal_after
 
+# Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
+pytestmark = pytest.mark.xdist_group(name="test_train")
+
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0"]
 # A short schedule that learns reliably on digits: a small constant-then-cosine lr, no warm-up.
 SHORT = [*SMALL, "--epochs", "6", "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "1"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while the test process runs other modules between its tests
 def reference_run(tmp_path_factory):
     """Six epochs of NPID+CLD with a snapshot after every epoch; --resume auto with no checkpoint there starts
     afresh."""
