@@ -23,6 +23,12 @@ Parts not run by default (--parts names them):
   alone (ours, and PIL's RandomResizedCrop); on CUDA also nvJPEG's pixels against PIL's;
 - folder-step: MoCo+CLD, ResNet-50 (ResNet-18 on the CPU) at 224 px on those JPEG files: the step alone against
   the end-to-end loop over the folder device path, and host syncs per step (CUDA);
+- grouping (with --grouping-ckpt): CLD's k-means on a trained run's f_G (its training images, test transform)
+  in random batches at (N, K) = (128, 10), (256, 128), (512, 120): the share of labels that change against
+  float32, groups matched one to one (Hungarian), inside a bf16 autocast region with the matmuls left to
+  autocast ("before": lib.cluster.kmeans without its float32 guard) and with the guard ("after"), with the
+  features rounded to bf16 as the bf16 network hands them over (the guard cannot undo that), and float32 with
+  1e-6 noise (the scale of a change that means nothing);
 - knn-imagenet: lib/knn.knn_scores at ImageNet's size (a 1,281,167 x 128 bank, 1,000 classes, k 200) on
   --knn-test random test features: time and peak memory above the inputs with the old 1,024-row chunk
   and with the memory budget, in one process and (the budget) in two under torchrun; each in a process of
@@ -314,6 +320,53 @@ def bench_precision(args, device):
         for precision, seconds in best.items():
             emit(part="precision", arch=arch, size=size, batch=128, precision=precision, seconds_per_step=seconds,
                  vs_fp32=seconds / best["fp32"], cpu_bf16_instructions=bf16_hardware() if device.type == "cpu" else None)
+
+
+GROUPING_SHAPES = ((128, 10), (256, 128), (512, 120))
+
+
+def changed_labels(reference, labels, k):
+    """Share of the N labels that differ from reference's after matching the groups one to one."""
+    from scipy.optimize import linear_sum_assignment
+    counts = np.zeros((k, k))
+    np.add.at(counts, (reference.numpy(), labels.numpy()), 1)
+    rows, cols = linear_sum_assignment(counts, maximize=True)
+    return 1 - counts[rows, cols].sum() / len(reference)
+
+
+def bench_grouping(args, device):
+    """k-means labels under bf16 autocast against float32 on each --grouping-ckpt's f_G."""
+    from lib import checkpoint
+    from lib.cluster import kmeans
+    from lib.data import load_dataset
+    from lib.augment import test_transform
+    from lib.knn import extract_features
+    from lib.subsets import subset_dataset
+    for path in args.grouping_ckpt:
+        ckpt = checkpoint.load(path, needs=("data",))
+        config = ckpt["config"]
+        info = dataset_info(config["dataset"])
+        images = load_dataset(config["dataset"], config["data"], "train", test_transform(info, config["image_size"]))
+        if config.get("subset"):
+            images = subset_dataset(images, config["subset"])
+        model = checkpoint.load_network(ckpt, path, info.channels).to(device).eval()
+        with torch.no_grad():
+            f_g = extract_features(lambda x: F.normalize(model.parts(x)[2].float(), dim=1), images, device)
+        generator = torch.Generator().manual_seed(0)
+        for n, k in GROUPING_SHAPES:
+            changed = {"before": [], "after": [], "bf16_features": [], "fp32_noise": []}
+            for _ in range(args.grouping_batches):
+                x = f_g[torch.randperm(len(f_g), generator=generator)[:n].to(device)]
+                reference = kmeans(x, k)[0].cpu()
+                noise = 1e-6 * torch.randn(x.shape, generator=generator).to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16):
+                    labels = {"before": kmeans.__wrapped__(x, k)[0], "after": kmeans(x, k)[0],
+                              "bf16_features": kmeans(x.bfloat16(), k)[0]}
+                labels["fp32_noise"] = kmeans(F.normalize(x + noise, dim=1), k)[0]
+                for what, got in labels.items():
+                    changed[what].append(changed_labels(reference, got.cpu(), k))
+            emit(part="grouping", ckpt=path, epochs=ckpt["epoch"], dataset=config["dataset"], n=n, k=k,
+                 batches=args.grouping_batches, **{what: float(np.mean(v)) for what, v in changed.items()})
 
 
 def saved_bytes_per_image(arch, size, precision, images=2):
@@ -747,6 +800,11 @@ def table():
             lines.append(f"| MOCO+CLD step, {r['arch']} {r['size']} px, batch {r['batch']}, JPEG folder | {r['path']} | "
                          f"{r['seconds_per_step'] * 1000:.0f} ms/step, {r['images_per_s']:.0f} img/s, "
                          f"x{r['vs_step_alone']:.3f} of the step alone{syncs} |")
+        elif r["part"] == "grouping":
+            lines.append(f"| k-means labels changed vs fp32, f_G of {r['dataset']} after {r['epochs']} epochs, "
+                         f"N {r['n']}, K {r['k']} ({r['batches']} batches) | bf16 autocast: before / after the "
+                         f"float32 guard; bf16 features; fp32 + 1e-6 noise | {100 * r['before']:.1f}% / "
+                         f"{100 * r['after']:.1f}%; {100 * r['bf16_features']:.1f}%; {100 * r['fp32_noise']:.1f}% |")
         elif r["part"] == "knn-imagenet":
             lines.append(f"| kNN, {r['bank']:,} bank x {r['test']:,} test, k {r['k']}, {r['chunk']} | "
                          f"process {r['rank']} of {r['processes']} | {r['seconds']:.1f} s, "
@@ -784,6 +842,9 @@ def main():
     p.add_argument("--targets", action="store_true",
                    help="exit 1 when a measured figure misses its gpu_check target (CUDA only: folder views/s, "
                         "folder-step overhead and host syncs)")
+    p.add_argument("--grouping-ckpt", nargs="+", default=[], metavar="CKPT",
+                   help="train_cld.py checkpoints (lam > 0) for the grouping part; it runs when given")
+    p.add_argument("--grouping-batches", type=int, default=20, help="random batches per (N, K), grouping part")
     p.add_argument("--knn-test", type=int, default=2048, help="test images of the knn-imagenet part")
     p.add_argument("--knn-run", choices=["before", "after"], default=None,
                    help="internal: one process of the knn-imagenet part")
@@ -816,6 +877,8 @@ def main():
         bench_folder_step(args, device)
     if "knn-imagenet" in parts:
         bench_knn_imagenet(args)
+    if args.grouping_ckpt:
+        bench_grouping(args, device)
     emit(part="machine", load_after=os.getloadavg())
     text = table()
     print(text)
