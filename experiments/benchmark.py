@@ -23,7 +23,7 @@ Parts not run by default (--parts names them):
   alone (ours, and PIL's RandomResizedCrop); on CUDA also nvJPEG's pixels against PIL's;
 - folder-step: MoCo+CLD, ResNet-50 (ResNet-18 on the CPU) at 224 px on those JPEG files: the step alone against
   the end-to-end loop over the folder device path, and host syncs per step (CUDA);
-- grouping (with --grouping-ckpt): CLD's k-means on a trained run's f_G (its training images, test transform)
+- grouping (--parts grouping --grouping-ckpt CKPT...): CLD's k-means on a trained run's f_G (its training images, test transform)
   in random batches at (N, K) = (128, 10), (256, 128), (512, 120): the share of labels that change against
   float32, groups matched one to one (Hungarian), inside a bf16 autocast region with the matmuls left to
   autocast ("before": lib.cluster.kmeans without its float32 guard) and with the guard ("after"), with the
@@ -832,7 +832,8 @@ def main():
     p.add_argument("--imagenet", action="store_true", help="also ResNet-50 at 224 px (batch --imagenet-batch)")
     p.add_argument("--imagenet-batch", type=int, default=128)
     p.add_argument("--parts", default="knn,quick,augment,step,precision,memory",
-                   help="which parts, comma-separated; also folder, folder-step, knn-imagenet (not run by default)")
+                   help="which parts, comma-separated; also folder, folder-step, knn-imagenet, grouping (not run by "
+                        "default)")
     p.add_argument("--markdown", default=None, metavar="FILE",
                    help="also write the table, with the machine and the command, to FILE (docs/results/)")
     p.add_argument("--folder-images", type=int, default=1024 if gpu else 128, help="JPEG files of the folder part")
@@ -843,7 +844,7 @@ def main():
                    help="exit 1 when a measured figure misses its gpu_check target (CUDA only: folder views/s, "
                         "folder-step overhead and host syncs)")
     p.add_argument("--grouping-ckpt", nargs="+", default=[], metavar="CKPT",
-                   help="train_cld.py checkpoints (lam > 0) for the grouping part; it runs when given")
+                   help="train_cld.py checkpoints (lam > 0) whose f_G the grouping part clusters")
     p.add_argument("--grouping-batches", type=int, default=20, help="random batches per (N, K), grouping part")
     p.add_argument("--knn-test", type=int, default=2048, help="test images of the knn-imagenet part")
     p.add_argument("--knn-run", choices=["before", "after"], default=None,
@@ -853,6 +854,8 @@ def main():
         return knn_imagenet_process(args)
     device = torch.device("cuda" if gpu else "cpu")
     parts = args.parts.split(",")
+    if "grouping" in parts and not args.grouping_ckpt:
+        p.error("the grouping part needs --grouping-ckpt: checkpoints of train_cld.py runs with --lam > 0")
     emit(part="machine", device=torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine(),
          cpu=cpu_model(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
          omp_num_threads=os.environ.get("OMP_NUM_THREADS"), load_before=os.getloadavg(), torch=torch.__version__,
@@ -877,7 +880,7 @@ def main():
         bench_folder_step(args, device)
     if "knn-imagenet" in parts:
         bench_knn_imagenet(args)
-    if args.grouping_ckpt:
+    if "grouping" in parts:
         bench_grouping(args, device)
     emit(part="machine", load_after=os.getloadavg())
     text = table()

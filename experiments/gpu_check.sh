@@ -14,6 +14,9 @@
 #                     ends (bit-exact only where every kernel is deterministic; the line says which)
 #   eval_*            eval_knn.py, eval_linear.py (cached features and the frozen-backbone probe),
 #                     eval_features.py (two runs, ranked), eval_clusters.py (C2BIN's heads)
+#   grouping          CLD's k-means on the npid item's f_G in bf16 autocast against float32: no more labels
+#                     may change than float32 with 1e-6 noise changes, or 1% (CUDA's scatter-adds sum in no
+#                     fixed order); experiments/benchmark.py --parts grouping, the line shows the last shape
 #   compile           NPID+CLD with --compile
 #   nccl              two processes over NCCL with --gather-groups, when the machine has two GPUs
 #   jpeg_folder       an image folder of JPEG photographs (experiments/jpeg_folder.py) for the folder items:
@@ -92,6 +95,9 @@ item eval_linear_cached $PY eval_linear.py --ckpt "$OUT/npid/last.pth" --cached-
 item eval_linear $PY eval_linear.py --ckpt "$OUT/npid/last.pth" --epochs 1
 item eval_features $PY eval_features.py --ckpt "$OUT/npid/last.pth" "$OUT/moco/last.pth" --selection-images 1024
 item eval_clusters $PY eval_clusters.py --ckpt "$OUT/c2bin/last.pth"
+item grouping bash -c "set -o pipefail; $PY experiments/benchmark.py --parts grouping --grouping-ckpt $OUT/npid/last.pth \
+  --grouping-batches 5 | tee $OUT/grouping.jsonl && grep '\"part\": \"grouping\"' $OUT/grouping.jsonl \
+  | $PY -c 'import json, sys; r = [json.loads(l) for l in sys.stdin]; sys.exit(any(x[\"after\"] > max(0.01, x[\"fp32_noise\"]) for x in r))'"
 train compile --compile
 if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   item nccl $PY -m torch.distributed.run --standalone --nproc_per_node 2 train_cld.py --dataset synthetic "${ARCH[@]}" \
