@@ -60,7 +60,7 @@ def parse_args(argv=None):
                            epilog="recipe rows (partner/dataset), the defaults of every flag left unset:\n"
                                   + recipes.help_table())
     p.add_argument("--dataset", default="digits", choices=DATASET_NAMES, help="digits is bundled with scikit-learn and needs no download")
-    p.add_argument("--data", default=None, help="dataset root folder (README, Datasets)")
+    p.add_argument("--data", default=None, help="dataset root folder (docs/datasets.md)")
     p.add_argument("--subset", default=None, help="train on these images only: a file from make_longtail.py (e.g. CIFAR-10-LT)")
     p.add_argument("--out", required=True, help="run folder: config.json, metrics.jsonl, last.pth")
     p.add_argument("--arch", default=None, choices=ARCHS, help="default: the dataset's (CIFAR ResNet-18 for 32 px data, ResNet-50 for ImageNet)")
@@ -93,7 +93,7 @@ def parse_args(argv=None):
                         "defaults from solo-learn's CIFAR BYOL recipe, ImageNet's from BYOL / OpenSelfSup")
     p.add_argument("--c2bin", action="store_true",
                    help="C2BIN as we read its abstract: BYOL plus per-scale cluster heads whose batch assignments are "
-                        "contrasted column by column (README); implies --partner byol")
+                        "contrasted column by column (docs/methods.md); implies --partner byol")
     p.add_argument("--byol-tau", type=float, help="BYOL's base target decay, rising to 1 by a cosine; " + FROM_RECIPE)
     p.add_argument("--byol-hidden", type=int, default=4096, help="hidden width of BYOL's projector and predictor")
     p.add_argument("--byol-dim", type=int, default=256, help="BYOL's projection width")
@@ -105,7 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--beta", type=float, default=0.5, help="InfoMin: weight of the jigsaw loss (authors: 0.5)")
     p.add_argument("--enqueue-twice", action="store_true",
                    help="InfoMin: the authors' trainer, which enqueues the keys after each query's loss, so the second "
-                        "query meets its own key among the negatives (default: one enqueue after both; README)")
+                        "query meets its own key among the negatives (default: one enqueue after both; docs/methods.md)")
     p.add_argument("--dim", type=int, default=128, help="width of both heads")
     p.add_argument("--ins-t", type=float, help="T_I, the instance temperature, also the kNN sigma; " + FROM_RECIPE)
     p.add_argument("--instance-head", choices=INSTANCE_HEADS, help="byol: BYOL's projector and predictor; " + FROM_RECIPE)
@@ -126,7 +126,7 @@ def parse_args(argv=None):
                         "its own view's (the ablation of supplementary Table A.2)")
     p.add_argument("--group-input", choices=GROUP_INPUTS, default="backbone",
                    help="what f_G (or C2BIN's cluster heads) reads with the byol head: the backbone feature, or the "
-                        "projector's hidden layer (the authors do not say; README)")
+                        "projector's hidden layer (the authors do not say; docs/methods.md)")
     p.add_argument("--gather-groups", action="store_true",
                    help="cluster the batch gathered from all processes instead of each process's share (authors: per process)")
     p.add_argument("--kmeans-iters", type=int, default=5, help="EM iterations per step (authors: 5)")
