@@ -3,9 +3,11 @@ spare the interpreter's start and torch's import), and comparing saved states.""
 import contextlib
 import json
 import os
+import runpy
 import signal
 import subprocess
 import sys
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -17,6 +19,23 @@ def run(script, *args, timeout=900):
     """python SCRIPT ARGS from the repository root -> the CompletedProcess (text output captured)."""
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout)
+
+
+def as_main(capsys, script, *argv):
+    """python SCRIPT ARGV as the command line runs it (the script's own __main__ block, sys.argv set) in this
+    process, sparing the interpreter's start and torch's import -> (exit status, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        with patch.object(sys, "argv", [script, *map(str, argv)]):
+            runpy.run_path(os.path.join(ROOT, script), run_name="__main__")
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    if isinstance(code, str):  # what the interpreter does with it: the message on stderr, exit status 1
+        return 1, out, err + code + "\n"
+    return code or 0, out, err
 
 
 def one_clear_line(result):

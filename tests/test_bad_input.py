@@ -14,6 +14,7 @@ import train_cld
 from fixtures import write_fashion_mnist, write_imagefolder
 from lib import cli
 from lib.data import DatasetError
+from tests.common import as_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"train_cld": train_cld, "eval_knn": eval_knn, "eval_linear": eval_linear, "make_longtail": make_longtail,
@@ -217,9 +218,10 @@ def only_line(result):
     (["--workers", "-1"], "error: --workers must be 0 or more, got -1"),
     (["--image-size", "0"], "error: --image-size must be positive, got 0"),
 ])
-def test_train_cld_command_line(argv, expected, tmp_path):
-    r = run("train_cld.py", "--dataset", "digits", *argv, "--out", tmp_path / "run")
-    assert r.returncode == 2 and only_line(r) == expected
+def test_train_cld_command_line(argv, expected, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_cld.parse_args(["--dataset", "digits", *argv, "--out", str(tmp_path / "run")])
+    assert stop.value.code == 2 and capsys.readouterr().err.splitlines() == [expected]
     assert not (tmp_path / "run").exists()
 
 
@@ -231,7 +233,7 @@ def test_train_cld_out_in_a_read_only_folder(tmp_path):
     assert only_line(r) == f"error: --out {folder}/run cannot be created: no permission to write in {folder}"
 
 
-def test_every_other_script_from_the_command_line(tmp_path):
+def test_every_other_script_from_the_command_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     cases = [
         (["eval_knn.py", "--ckpt", tmp_path], f"error: --ckpt {tmp_path} is a folder; pass a checkpoint written by "
@@ -243,8 +245,8 @@ def test_every_other_script_from_the_command_line(tmp_path):
          f"error: --gmu {tmp_path}/file is a file; pass the folder holding gmu_scene_001 ... gmu_scene_009"),
     ]
     for argv, expected in cases:
-        r = run(*argv)
-        assert r.returncode == 2 and only_line(r) == expected
+        code, _, err = as_main(capsys, *argv)
+        assert code == 2 and err.splitlines() == [expected], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
@@ -278,14 +280,17 @@ def test_image_folder_with_classes_but_no_images(tmp_path, capsys):
     assert not (tmp_path / "lt.json").exists()
 
 
-def test_subset_file_that_is_not_json(tmp_path):
+def test_subset_file_that_is_not_json(tmp_path, capsys):
     (tmp_path / "subset.json").write_text("indices: 1, 2, 3")
-    r = run("train_cld.py", "--dataset", "digits", "--subset", tmp_path / "subset.json", "--out", tmp_path / "run")
-    assert only_line(r).startswith(f"error: subset file {tmp_path}/subset.json is not readable JSON")
+    code, _, err = as_main(capsys, "train_cld.py", "--dataset", "digits", "--subset", tmp_path / "subset.json",
+                        "--out", tmp_path / "run")
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: subset file {tmp_path}/subset.json is not readable JSON")
 
 
 def test_corrupt_image_met_by_a_dataloader_worker(tmp_path):
-    """Found in the middle of training by a worker process: still one line naming the file."""
+    """Found in the middle of training by a worker process: still one line naming the file (and the process
+    ends: the worker left behind ignores SIGTERM, so the script's exit hook must kill it)."""
     root = write_imagefolder(tmp_path / "tree", classes=2, n_per_class=4, size=16)
     bad = tmp_path / "tree" / "train" / "class_1" / "img_2.png"
     bad.write_bytes(b"\x89PNG but nothing else")

@@ -17,7 +17,7 @@ from lib.subsets import write_subset
 from lib.linear import BackboneChanged, ExportError, balanced_subset, check_unchanged, snapshot
 from lib.longtail import longtail_indices
 from lib.models import CLDNet, build_model
-from tests.common import train
+from tests.common import as_main, train
 
 # Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
 pytestmark = pytest.mark.xdist_group(name="test_linear")
@@ -214,7 +214,8 @@ def test_checkpoint_from_another_architecture(trained, tmp_path):
         eval_linear.main(eval_linear.parse_args(["--ckpt", str(tmp_path / "other.pth"), "--cached-features"]))
 
 
-def test_missing_dataset_is_one_clear_line(trained, tmp_path):
-    line = last_stderr_line(run("eval_linear.py", "--ckpt", trained, "--dataset", "fashion-mnist",
-                                "--data", tmp_path / "nowhere"))
-    assert line.startswith("error: fashion-mnist") and "dataset-fashion-mnist" in line
+def test_missing_dataset_is_one_clear_line(trained, tmp_path, capsys):
+    code, _, err = as_main(capsys, "eval_linear.py", "--ckpt", trained, "--dataset", "fashion-mnist",
+                           "--data", tmp_path / "nowhere")
+    assert code != 0 and len(err.splitlines()) == 1, err
+    assert err.startswith("error: fashion-mnist") and "dataset-fashion-mnist" in err

@@ -2,13 +2,12 @@
 --print-config shows the result and where every value came from, without touching any data."""
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 import train_cld
 from lib import recipes
+from tests.common import as_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,13 +102,12 @@ def test_every_row_fixes_every_setting():
         assert set(row.values) == set(recipes.SETTINGS), key
 
 
-def test_print_config_shows_the_resolved_settings_and_touches_nothing(tmp_path):
+def test_print_config_shows_the_resolved_settings_and_touches_nothing(tmp_path, capsys):
     out = tmp_path / "run"
-    r = subprocess.run([sys.executable, "train_cld.py", "--dataset", "cifar10", "--data", str(tmp_path / "nowhere"),
-                        "--moco", "--clusters", "50", "--out", str(out), "--print-config"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    config = json.loads(r.stdout)
+    code, printed, err = as_main(capsys, "train_cld.py", "--dataset", "cifar10", "--data", tmp_path / "nowhere",
+                                 "--moco", "--clusters", "50", "--out", out, "--print-config")
+    assert code == 0, err
+    config = json.loads(printed)
     assert config["clusters"] == 50 and config["sources"]["clusters"] == "flag"
     assert config["queue"] == 12288 and config["sources"]["queue"].startswith("recipe moco/cifar10: ")
     assert config["peak_lr"] == pytest.approx(0.03 * 256 / 128) and config["batch_per_process"] == 256

@@ -5,7 +5,6 @@ import io
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -14,7 +13,7 @@ import reproduce
 import train_cld
 from lib.claims import judge
 from lib.tables import TABLES, Claim, budgets
-from tests.common import ROOT
+from tests.common import as_main
 
 # Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
 pytestmark = pytest.mark.xdist_group(name="test_reproduce")
@@ -221,12 +220,11 @@ def test_bad_input_is_one_line_and_starts_nothing(argv, expected, capsys, tmp_pa
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_runs_folder_that_cannot_be_written_is_one_line(tmp_path):
+def test_a_runs_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
-    r = subprocess.run([sys.executable, "reproduce.py", "table2", "--budget", "smoke", "--runs",
-                        str(tmp_path / "file" / "runs")], cwd=ROOT, capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.strip() == (f"error: --runs {tmp_path}/file/runs cannot be created: "
-                                                      f"{tmp_path}/file is a file, not a folder")
+    code, _, err = as_main(capsys, "reproduce.py", "table2", "--budget", "smoke", "--runs", tmp_path / "file" / "runs")
+    assert code == 2 and err.strip() == (f"error: --runs {tmp_path}/file/runs cannot be created: "
+                                         f"{tmp_path}/file is a file, not a folder")
 
 
 def test_list_names_every_table_and_its_budgets(capsys):
