@@ -305,20 +305,20 @@ def bf16_hardware():
 
 
 def bench_precision(args, device):
-    """The NPID+CLD step alone in each precision: CIFAR ResNet-18 at 32 px and the quick start's ResNet-20 at
-    8 px, batch 128; the precisions measured in turn, --repeats times."""
+    """The NPID+CLD step alone in each precision: CIFAR ResNet-18 at 32 px (batch --batch) and the quick
+    start's ResNet-20 at 8 px (batch 128); the precisions measured in turn, --repeats times."""
     precisions = ("fp32", "bf16", "fp16") if device.type == "cuda" else ("fp32", "bf16")
-    for arch, size in (("resnet18_cifar", 32), ("resnet20", 8)):
+    for arch, size, batch in (("resnet18_cifar", 32, args.batch), ("resnet20", 8, 128)):
         figures = {}
         for precision in precisions:
-            run = build(args, "npid", arch, size, 128, device, "device", precision=precision)
+            run = build(args, "npid", arch, size, batch, device, "device", precision=precision)
             go = steps_alone(run, args.steps)
             go()  # warm-up
             figures[precision] = go
         best = {precision: min(timed(device, go)[0] for _ in range(args.repeats)) / args.steps
                 for precision, go in figures.items()}
         for precision, seconds in best.items():
-            emit(part="precision", arch=arch, size=size, batch=128, precision=precision, seconds_per_step=seconds,
+            emit(part="precision", arch=arch, size=size, batch=batch, precision=precision, seconds_per_step=seconds,
                  vs_fp32=seconds / best["fp32"], cpu_bf16_instructions=bf16_hardware() if device.type == "cpu" else None)
 
 
