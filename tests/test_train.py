@@ -72,10 +72,10 @@ def test_training_beats_the_untrained_network(reference_run, capsys):
 
 
 def test_resume_auto_continues_from_the_folders_last_checkpoint_bit_exactly(reference_run, tmp_path):
-    """A folder holding epoch 1's checkpoint as its last.pth: --resume auto continues from it and ends where the
-    uninterrupted run ends; its log gets epoch 1's line back from the checkpoint, then epochs 2 to 6."""
+    """A folder holding epoch 5's checkpoint as its last.pth: --resume auto continues from it and ends where the
+    uninterrupted run ends; its log gets epochs 1 to 5's lines back from the checkpoint, then epoch 6."""
     tmp_path.mkdir(exist_ok=True)
-    shutil.copy(reference_run / "epoch_1.pth", tmp_path / "last.pth")
+    shutil.copy(reference_run / "epoch_5.pth", tmp_path / "last.pth")
     train(*SHORT, "--resume", "auto", "--out", tmp_path)
     assert_same_training_state(reference_run / "last.pth", tmp_path / "last.pth")
     assert json.loads((tmp_path / "config.json").read_text())["resume"] == str(tmp_path / "last.pth")
@@ -83,13 +83,16 @@ def test_resume_auto_continues_from_the_folders_last_checkpoint_bit_exactly(refe
 
 
 def test_a_stop_in_the_middle_of_an_epoch_resumes_exactly(reference_run, tmp_path, monkeypatch):
-    signal_after(monkeypatch, 11 + 4)  # during step 4 of epoch 2
+    """Resumed from epoch 4's snapshot, the run is stopped during step 4 of epoch 5 (the next step carries the
+    signal), then resumed from that mid-epoch checkpoint: it ends where the uninterrupted run ends."""
+    signal_after(monkeypatch, 4)
     monkeypatch.setattr(train_cld.signal, "signal", lambda *a: None)
     with pytest.raises(SystemExit) as stop:
-        train_cld.main(train_cld.parse_args([*SHORT, "--out", str(tmp_path)]))
+        train_cld.main(train_cld.parse_args([*SHORT, "--resume", str(reference_run / "epoch_4.pth"),
+                                             "--out", str(tmp_path)]))
     assert stop.value.code == 143
     saved = torch.load(tmp_path / "last.pth", weights_only=True)
-    assert (saved["epoch"], saved["step"]) == (1, 5)
+    assert (saved["epoch"], saved["step"]) == (4, 5)
     monkeypatch.undo()
     train(*SHORT, "--resume", tmp_path / "last.pth", "--out", tmp_path)
     assert_same_training_state(reference_run / "last.pth", tmp_path / "last.pth")
