@@ -27,14 +27,14 @@
 #   folder_resume     MoCo+CLD on the JPEG folder, two epochs, resumed from epoch_1.pth: ends where the
 #                     uninterrupted run ends
 #   benchmark         experiments/benchmark.py --imagenet: steps, data paths, host syncs per step (0 expected)
-# Without a GPU it says so in one line and exits 2; CPU=1 runs the same items on the CPU (ResNet-20, small
+# Without a GPU it says so in one line and exits 2; CPU=1 runs the same items on the CPU (ResNet-20 at 8 px, K 16, small
 # batches), which is how this script itself is tested.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
 OUT=${OUT:-runs/gpu_check}
 if [ "${CPU:-0}" = 1 ]; then
-  ARCH=(--arch resnet20 --batch-size 128 --workers 0); LIMIT=${LIMIT:-900}; BENCH=(--parts quick --repeats 1)
+  ARCH=(--arch resnet20 --image-size 8 --batch-size 128 --clusters 16 --workers 0); LIMIT=${LIMIT:-900}; BENCH=(--parts quick --repeats 1)
   JPEGS=(--train 96 --val 32); FOLDER=(--folder-images 64 --folder-batch 32 --repeats 1 --workers 0)
   FOLDER_STEP=(--imagenet-batch 8 --steps 2 --repeats 1 --workers 0)
   FOLDER_RUN=(--arch resnet20 --image-size 32 --batch-size 32 --queue 64 --clusters 8 --workers 0)
