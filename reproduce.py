@@ -21,6 +21,7 @@ import platform
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 
 from lib import cli, jsonl
@@ -455,8 +456,9 @@ def plot(table, summary, path):
     axes[0][0].set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=7)
     axes[0][0].invert_yaxis()
     where = "" if summary["budget"] == "paper" else ", ours on the row's stand-in dataset"
-    fig.suptitle(f"{table.name} ({summary['budget']}): ours (blue: mean ± std, dots: seeds) and the paper (red x)"
-                 f"{where}", fontsize=9)
+    title = (f"{table.name} ({summary['budget']}): ours (blue: mean ± std, dots: seeds) and the paper (red x)"
+             f"{where}")
+    fig.suptitle(textwrap.fill(title, width=int(14 * fig.get_figwidth())), fontsize=9)  # ~14 characters an inch
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
