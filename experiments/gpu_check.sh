@@ -28,7 +28,7 @@
 #                     uninterrupted run ends
 #   benchmark         experiments/benchmark.py --imagenet: steps, data paths, host syncs per step (0 expected)
 # Without a GPU it says so in one line and exits 2; CPU=1 runs the same items on the CPU (ResNet-20 at 8 px, K 16, small
-# batches), which is how this script itself is tested.
+# batches), which is how this script itself is checked.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python}
