@@ -97,7 +97,9 @@ item eval_features $PY eval_features.py --ckpt "$OUT/npid/last.pth" "$OUT/moco/l
 item eval_clusters $PY eval_clusters.py --ckpt "$OUT/c2bin/last.pth"
 item grouping bash -c "set -o pipefail; $PY experiments/benchmark.py --parts grouping --grouping-ckpt $OUT/npid/last.pth \
   --grouping-batches 5 | tee $OUT/grouping.jsonl && grep '\"part\": \"grouping\"' $OUT/grouping.jsonl \
-  | $PY -c 'import json, sys; r = [json.loads(l) for l in sys.stdin]; sys.exit(any(x[\"after\"] > max(0.01, x[\"fp32_noise\"]) for x in r))'"
+  | $PY -c 'import json, sys; r = [json.loads(l) for l in sys.stdin]; \
+      print(json.dumps({\"labels_changed_at_most\": {k: max(x[k] for x in r) for k in (\"before\", \"after\", \"bf16_features\", \"fp32_noise\")}})); \
+      sys.exit(any(x[\"after\"] > max(0.01, x[\"fp32_noise\"]) for x in r))'"
 train compile --compile
 if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   item nccl $PY -m torch.distributed.run --standalone --nproc_per_node 2 train_cld.py --dataset synthetic "${ARCH[@]}" \
