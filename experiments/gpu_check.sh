@@ -105,7 +105,7 @@ if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
   item nccl $PY -m torch.distributed.run --standalone --nproc_per_node 2 train_cld.py --dataset synthetic "${ARCH[@]}" \
     --epochs 1 --knn-every 1 --gather-groups --out "$OUT/nccl"
 else
-  echo "SKIP  nccl                      one GPU: the two-process NCCL run needs two"
+  echo "SKIP  nccl                      fewer than two GPUs: the two-process NCCL run needs two"
 fi
 # The folder device path (lib/folder_device.py): workers read bytes, the GPU decodes (nvJPEG) and augments.
 item jpeg_folder $PY experiments/jpeg_folder.py --out "$OUT/jpegs" "${JPEGS[@]}"
