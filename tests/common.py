@@ -38,6 +38,22 @@ def as_main(capsys, script, *argv):
     return code or 0, out, err
 
 
+def torchrun(*args, nproc=2):
+    """python -m torch.distributed.run --standalone ARGS from the repository root, one thread per process."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def only_line(result):
+    """Stricter than one_clear_line: the one line is all of stderr (progress bars' carriage returns split)."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
 def one_clear_line(result):
     """A failure the user can act on: non-zero exit, no traceback; returns the last stderr line."""
     assert result.returncode != 0

@@ -14,7 +14,7 @@ import train_cld
 from fixtures import write_fashion_mnist, write_imagefolder
 from lib import cli
 from lib.data import DatasetError
-from tests.common import as_main
+from tests.common import as_main, only_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = {"train_cld": train_cld, "eval_knn": eval_knn, "eval_linear": eval_linear, "make_longtail": make_longtail,
@@ -203,14 +203,6 @@ def test_unwritable_out(paths, monkeypatch, capsys):
 def run(script, *args):
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-
-
-def only_line(result):
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
 
 
 @pytest.mark.parametrize("argv,expected", [

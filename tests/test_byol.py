@@ -21,9 +21,8 @@ from lib.data import cifar100_superclasses, dataset_info, load_dataset
 from lib.lars import LARS, param_groups
 from lib.models import CLDNet
 import eval_clusters
-from tests.common import digits_subset, evaluate, states_equal, train
+from tests.common import digits_subset, evaluate, states_equal, torchrun, train
 from tests.fixtures import cifar100_coarse, write_cifar100
-from tests.test_distributed import torchrun
 from train_cld import make_cross_level, parse_args, train_step
 
 

@@ -12,15 +12,9 @@ from lib.cluster import grouping
 from lib.losses import cld_terms
 from lib.memory import MemoryBank
 from lib.models import CLDNet
-from tests.common import digits_subset, states_equal
+from tests.common import digits_subset, states_equal, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def torchrun(*args, nproc=2):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
 
 
 def test_shuffle_inverse_and_gathered_clustering_equal_one_process(tmp_path):

@@ -3,10 +3,7 @@ head, the loss with its jigsaw term, the queue after one enqueue or the authors'
 table; then the preset under two processes and resume."""
 import json
 import math
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,7 +16,7 @@ from lib.data import dataset_info
 from lib.infomin import InfoMin
 from lib.infomin_aug import JigsawCrop, JigsawTiles, rand_augment
 from lib.models import CLDNet, JigsawHead, NetworkSpec
-from tests.common import ROOT
+from tests.common import torchrun
 
 
 # ---------------------------------------------------------------- jigsaw tiles
@@ -212,12 +209,6 @@ def test_only_the_loader_path_builds_the_infomin_recipe():
 
 
 # ---------------------------------------------------------------- the preset, two processes, resume
-
-def torchrun(*args):
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-
 
 def test_two_process_infomin_keeps_identical_state(tmp_path):
     from lib.data import load_dataset

@@ -15,7 +15,7 @@ import eval_linear
 from lib import checkpoint, rng
 from lib.checkpoint import CheckpointError
 from lib.data import DatasetError, load_dataset
-from tests.common import evaluate, failure, run, states_equal, train
+from tests.common import evaluate, failure, only_line, run, states_equal, train
 from tests.fixtures import write_cifar10
 
 # Its tests share module fixtures: one test process runs them all (pytest -n 2 --dist loadgroup).
@@ -23,15 +23,6 @@ pytestmark = pytest.mark.xdist_group(name="test_safe_loading")
 
 SMALL = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "128", "--clusters", "10", "--workers", "0",
          "--lr", "0.01", "--warmup-epochs", "0", "--knn-every", "0"]
-
-
-def one_clear_line(result):
-    """Stricter than tests.common's: the one line is all of stderr."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr, result.stderr[-2000:]
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
-    return lines[0]
 
 
 class CreatesFile:
@@ -96,7 +87,7 @@ def test_crafted_checkpoint_is_refused_before_it_runs(script, tmp_path, capsys):
     marker = tmp_path / "pwned"
     torch.save({"config": {"dataset": "digits"}, "model": {}, "payload": CreatesFile(marker)}, tmp_path / "evil.pth")
     if script == "eval_knn.py":
-        line = one_clear_line(run(script, "--ckpt", tmp_path / "evil.pth"))
+        line = only_line(run(script, "--ckpt", tmp_path / "evil.pth"))
     elif script == "eval_linear.py":
         line = failure(evaluate, eval_linear, "--ckpt", tmp_path / "evil.pth", capsys=capsys)
     else:
