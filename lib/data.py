@@ -6,6 +6,8 @@ uint8 arrays (`.data`, shape [N,H,W] or [N,H,W,3]); folders of images go through
 torchvision's ImageFolder. Subset files (some images of a train split) are in lib/subsets.py.
 """
 import gzip
+import importlib.util
+import json
 import os
 import pickle
 import zlib
@@ -204,19 +206,26 @@ def missing(name, what, where):
     return DatasetError(f"{name}: {what} not found in {where}; {HINTS[name]}")
 
 
-# digits: scikit-learn's bundled copy, no files needed.
+# digits: scikit-learn's bundled copy, no files needed. Read straight from its file, as load_digits reads it,
+# with the split written out in digits_split.json: importing scikit-learn's datasets and model_selection costs
+# about 2 s, which every process of a run would pay (tests/test_data.py checks both against scikit-learn).
+
+DIGITS_SPLIT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_split.json")
+
 
 def load_digits_arrays(split):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = np.round(digits.images * 255 / 16).astype(np.uint8)  # [1797,8,8], 0..16 -> 0..255
-    labels = digits.target
-    # No official split: a fixed stratified 80/20 split keeps the class balance in both parts.
-    train, test = train_test_split(np.arange(len(labels)), test_size=0.2,
-                                   stratify=labels, random_state=0)
-    keep = test if split == "test" else train
+    sklearn = importlib.util.find_spec("sklearn")  # where it is installed; nothing of it is imported
+    if sklearn is None:
+        raise DatasetError("digits: scikit-learn is not installed; pip install -r requirements.txt")
+    path = os.path.join(sklearn.submodule_search_locations[0], "datasets", "data", "digits.csv.gz")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")  # [1797, 65]: 64 pixels 0..16, then the label
+    images = np.round(table[:, :-1].reshape(-1, 8, 8) * 255 / 16).astype(np.uint8)  # 0..16 -> 0..255
+    labels = table[:, -1].astype(np.int64)
+    # No official split: a fixed stratified 80/20 split (scikit-learn's train_test_split, random_state=0)
+    # keeps the class balance in both parts.
+    with open(DIGITS_SPLIT) as f:
+        keep = np.asarray(json.load(f)["test" if split == "test" else "train"])
     return images[keep], labels[keep]
 
 

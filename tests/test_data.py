@@ -72,6 +72,21 @@ def test_digits():
     assert img.mode == "L" and img.size == (8, 8) and target == train.targets[5]
 
 
+def test_digits_are_scikit_learns_images_and_split():
+    """load_digits_arrays reads scikit-learn's file itself and the split from lib/digits_split.json, to spare
+    each process scikit-learn's import: both must be exactly what load_digits and train_test_split give."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from lib.data import load_digits_arrays
+    digits = load_digits()
+    train, test = train_test_split(np.arange(len(digits.target)), test_size=0.2, stratify=digits.target,
+                                   random_state=0)
+    for split, keep in (("train", train), ("test", test)):
+        images, labels = load_digits_arrays(split)
+        assert np.array_equal(images, np.round(digits.images[keep] * 255 / 16).astype(np.uint8))
+        assert np.array_equal(labels, digits.target[keep]) and labels.dtype == digits.target.dtype
+
+
 def test_fashion_mnist_fixture(tmp_path):
     root = write_fashion_mnist(tmp_path / "fm", n_train=30, n_test=20)
     for split, n in (("pretrain", 30), ("train", 30), ("test", 20)):
