@@ -6,12 +6,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from lib.cluster import grouping
 from lib.losses import cld_terms
 from lib.memory import MemoryBank
 from lib.models import CLDNet
+from lib.sampler import EpochSampler
 from tests.common import digits_subset, states_equal, torchrun
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,48 +58,78 @@ def test_two_process_moco_cld_with_gathered_groups_under_the_gpu_defaults(tmp_pa
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
 
 
-def test_two_process_npid_cld_keeps_identical_banks_and_resumes_bit_exactly(tmp_path):
-    """One epoch of NPID+CLD over two processes (the device path, the host reading every 3 steps, the kNN
-    monitor split over both): both hold the same bank and weights. Then process 0 catches SIGTERM during step 5
-    of 7; the next step carries it, and the processes read it at the next --sync-every step (6), save and stop.
-    Resumed, the run ends in exactly the uninterrupted run's state, and the epoch's logged means equal its, which
-    needs each process's partial sums back, not process 0's on both."""
-    stopped_at = 6
-    subset = digits_subset(tmp_path / "digits_1000.json", 100)  # 7 steps
-    tiny = ["--dataset", "digits", "--subset", str(subset), "--arch", "resnet20", "--epochs", "1", "--batch-size",
-            "128", "--clusters", "10",
-            "--workers", "0", "--knn-every", "1", "--lr", "0.01", "--warmup-epochs", "0", "--data-path", "device",
-            "--sync-every", "3"]
-    r = torchrun("tests/dist_worker.py", *tiny, "--out", str(tmp_path / "whole"))
+# The two tests below compare their interrupted runs with one uninterrupted run (a module fixture), so they share
+# a test process: two epochs of NPID+CLD over two processes on the device path, the host reading every 3 steps,
+# the kNN monitor split over both, --resume auto as a requeued job would be started.
+STEPS = 7  # an epoch of the 1,000-image subset at 128 images a step
+
+
+def npid_two_process(subset):
+    return ["--dataset", "digits", "--subset", str(subset), "--arch", "resnet20", "--epochs", "2", "--batch-size",
+            "128", "--clusters", "10", "--workers", "0", "--knn-every", "1", "--lr", "0.01", "--warmup-epochs", "0",
+            "--data-path", "device", "--sync-every", "3", "--resume", "auto"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """-> (its flags, its folder: last.pth, metrics.jsonl, and each process's bank and weights in rankN.pt)."""
+    folder = tmp_path_factory.mktemp("npid_two_process")
+    flags = npid_two_process(digits_subset(folder / "digits_1000.json", 100))
+    r = torchrun("tests/dist_worker.py", *flags, "--out", str(folder / "whole"))
     assert r.returncode == 0, r.stderr[-3000:]
-    rank0, rank1 = torch.load(tmp_path / "whole" / "rank0.pt"), torch.load(tmp_path / "whole" / "rank1.pt")
+    return flags, folder / "whole"
+
+
+def same_run(whole, other):
+    """Both runs logged the same epochs with the same numbers and ended in the same state, to the bit."""
+    logged = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (whole, other)]
+    assert [r["epoch"] for r in logged[1]] == [1, 2]
+    for a, b in zip(*logged):
+        for key in ("loss", "loss_ins", "loss_cld", "group_acc", "knn_top1"):
+            assert a[key] == b[key], key
+    a, b = (torch.load(run / "last.pth", weights_only=True) for run in (whole, other))
+    for key in ("model", "memory", "optimizer"):
+        assert states_equal(a[key], b[key]), key
+
+
+@pytest.mark.xdist_group(name="npid_two_process")
+def test_two_process_npid_cld_keeps_identical_banks_and_resumes_bit_exactly(uninterrupted, tmp_path):
+    """Both processes hold the same bank and weights. Then process 0 catches SIGTERM during step 5 of 7; the next
+    step carries it, and the processes read it at the next --sync-every step (6), save and stop. Resumed, the run
+    ends in exactly the uninterrupted run's state, and the epoch's logged means equal its, which needs each
+    process's partial sums back, not process 0's on both."""
+    flags, whole = uninterrupted
+    rank0, rank1 = torch.load(whole / "rank0.pt"), torch.load(whole / "rank1.pt")
     assert torch.equal(rank0["bank"], rank1["bank"]) and states_equal(rank0["model"], rank1["model"])
-    # Both processes' rows were written on both processes: each of the epoch's 7 x 128 images left its row's start.
+    # Both processes' rows were written on both processes: exactly the rows of the images the two epochs drew left
+    # their start (the sampler's permutations, 7 x 128 images an epoch, the tail of 104 dropped).
     torch.manual_seed(0)  # the bank is drawn right after the model, as train_cld.py does
     CLDNet("resnet20", 1, 128)
     moved = (rank0["bank"] - MemoryBank(len(rank0["bank"]), 128).bank).abs().sum(dim=1) > 0
-    assert moved.sum() == 7 * 128
-    ckpt = torch.load(tmp_path / "whole" / "last.pth", weights_only=True)
+    drawn = torch.zeros(len(moved), dtype=torch.bool)
+    for epoch in (0, 1):
+        for rank in (0, 1):
+            sampler = EpochSampler(len(moved), 64, rank, 2, seed=0)
+            sampler.set_epoch(epoch)
+            drawn[sampler.indices()] = True
+    assert torch.equal(moved, drawn) and 7 * 128 < drawn.sum() < len(moved)
+    ckpt = torch.load(whole / "last.pth", weights_only=True)
     assert torch.equal(ckpt["memory"]["bank"], rank0["bank"]) and len(ckpt["rng"]) == 2
+
+    stopped_at = 6
     stopped = tmp_path / "stopped"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AFTER": "4"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "tests/dist_stop_worker.py", *tiny, "--out", str(stopped)],
+                        "tests/dist_stop_worker.py", *flags, "--out", str(stopped)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
-    assert r.returncode != 0 and f"stopped by signal in epoch 1/1 after step {stopped_at} of 7" in r.stderr, \
+    assert r.returncode != 0 and f"stopped by signal in epoch 1/2 after step {stopped_at} of {STEPS}" in r.stderr, \
         r.stderr[-3000:]
     saved = torch.load(stopped / "last.pth", weights_only=True)
     assert saved["step"] == stopped_at and saved["sums"].shape == (2, 4)
     assert not torch.equal(saved["sums"][0], saved["sums"][1])  # each process saw other images
-    r = torchrun("train_cld.py", *tiny, "--resume", str(stopped / "last.pth"), "--out", str(stopped))
+    r = torchrun("train_cld.py", *flags, "--out", str(stopped))  # --resume auto: from the step it stopped at
     assert r.returncode == 0, r.stderr[-3000:]
-    whole = json.loads((tmp_path / "whole" / "metrics.jsonl").read_text())
-    resumed = json.loads((stopped / "metrics.jsonl").read_text())
-    for key in ("loss", "loss_ins", "loss_cld", "group_acc"):
-        assert resumed[key] == whole[key], key
-    a, b = (torch.load(run / "last.pth", weights_only=True) for run in (tmp_path / "whole", stopped))
-    for key in ("model", "memory", "optimizer"):
-        assert states_equal(a[key], b[key]), key
+    same_run(whole, stopped)
 
 
 def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
@@ -136,30 +168,19 @@ def test_a_stalled_process_stops_the_other_after_dist_timeout(tmp_path):
     assert "Traceback" not in err.split(lines[0])[0], err[-3000:]
 
 
-def test_torchrun_restarts_a_killed_worker_and_the_run_ends_where_the_uninterrupted_one_ends(tmp_path):
+@pytest.mark.xdist_group(name="npid_two_process")
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_where_the_uninterrupted_one_ends(uninterrupted, tmp_path):
     """--resume auto under torchrun --max-restarts 1: process 1 is SIGKILLed at step 2 of epoch 2; the other
     stops with one line naming it, torchrun restarts both, they continue from last.pth (epoch 1) and end in
-    exactly the state of a run never interrupted (and log each epoch once). On the loader path: the device
-    path's two-process resume is the test above."""
-    subset = digits_subset(tmp_path / "digits_520.json", 52)  # 4 steps an epoch
-    tiny = ["--dataset", "digits", "--subset", str(subset), "--arch", "resnet20", "--epochs", "2", "--batch-size",
-            "128", "--clusters", "10", "--workers", "0", "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0",
-            "--data-path", "loader", "--resume", "auto"]
-    r = torchrun("train_cld.py", *tiny, "--out", str(tmp_path / "whole"))
-    assert r.returncode == 0, r.stderr[-3000:]
+    exactly the state of a run never interrupted (and log each epoch once)."""
+    flags, whole = uninterrupted
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "--max-restarts", "1", "tests/dist_kill_worker.py", *tiny, "--out", str(out)], cwd=ROOT,
+                             "--max-restarts", "1", "tests/dist_kill_worker.py", *flags, "--out", str(out)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": "6"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(STEPS + 2)})
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
     assert said and said[0].startswith("error: process 0 lost its connection to process 1"), err[-3000:]
-    whole = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
-    again = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in again] == [1, 2]
-    assert [r["loss"] for r in again] == [r["loss"] for r in whole]
-    a, b = (torch.load(run / "last.pth", weights_only=True) for run in (tmp_path / "whole", out))
-    for key in ("model", "memory", "optimizer"):
-        assert states_equal(a[key], b[key]), key
+    same_run(whole, out)
