@@ -217,7 +217,8 @@ def loader_ops(recipe, erasing=False, size=32):
 
 
 def ks(a, b):
-    return ks_2samp(np.asarray(a, dtype=float), np.asarray(b, dtype=float)).statistic
+    """The two-sample Kolmogorov-Smirnov distance (the statistic only: no p-value, so no exact method)."""
+    return ks_2samp(np.asarray(a, dtype=float), np.asarray(b, dtype=float), method="asymp").statistic
 
 
 # (10, 60): mostly the fallback; a wide ratio range tells a log-uniform aspect from a uniform one.

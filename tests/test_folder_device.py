@@ -149,7 +149,7 @@ def test_crop_boxes_from_each_images_size_are_random_resized_crops():
                                                                    recipe.crop_ratio) for _ in range(N)])
         for name, stat in [("area", lambda b: b[:, 2] * b[:, 3]), ("log aspect", lambda b: np.log(b[:, 3] / b[:, 2])),
                            ("i", lambda b: b[:, 0]), ("j", lambda b: b[:, 1])]:
-            d = ks_2samp(stat(mine).astype(float), stat(theirs).astype(float)).statistic
+            d = ks_2samp(stat(mine).astype(float), stat(theirs).astype(float), method="asymp").statistic  # D only
             assert d < KS_BOUND, ((H, W), name, d)
         assert (mine[:, 0] + mine[:, 2] <= H).all() and (mine[:, 1] + mine[:, 3] <= W).all() and (mine >= 0).all()
 
