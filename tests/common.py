@@ -38,11 +38,12 @@ def as_main(capsys, script, *argv):
     return code or 0, out, err
 
 
-def torchrun(*args, nproc=2):
-    """python -m torch.distributed.run --standalone ARGS from the repository root, one thread per process."""
+def torchrun(*args, nproc=2, env=None, timeout=900):
+    """python -m torch.distributed.run --standalone ARGS from the repository root, one thread per process; ARGS
+    may begin with more of torchrun's own flags (--max-restarts N); env: more environment variables."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
 
 
 def only_line(result):

@@ -118,10 +118,7 @@ def test_two_process_npid_cld_keeps_identical_banks_and_resumes_bit_exactly(unin
 
     stopped_at = 6
     stopped = tmp_path / "stopped"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AFTER": "4"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "tests/dist_stop_worker.py", *flags, "--out", str(stopped)],
-                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=900)
+    r = torchrun("tests/dist_stop_worker.py", *flags, "--out", str(stopped), env={"STOP_AFTER": "4"})
     assert r.returncode != 0 and f"stopped by signal in epoch 1/2 after step {stopped_at} of {STEPS}" in r.stderr, \
         r.stderr[-3000:]
     saved = torch.load(stopped / "last.pth", weights_only=True)
@@ -175,12 +172,9 @@ def test_torchrun_restarts_a_killed_worker_and_the_run_ends_where_the_uninterrup
     exactly the state of a run never interrupted (and log each epoch once)."""
     flags, whole = uninterrupted
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             "--max-restarts", "1", "tests/dist_kill_worker.py", *flags, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "KILL_AT": str(STEPS + 2)})
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    said = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("error: ")]
-    assert said and said[0].startswith("error: process 0 lost its connection to process 1"), err[-3000:]
+    r = torchrun("--max-restarts", "1", "tests/dist_kill_worker.py", *flags, "--out", str(out),
+                 env={"KILL_AT": str(STEPS + 2)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = [line for line in r.stderr.replace("\r", "\n").splitlines() if line.startswith("error: ")]
+    assert said and said[0].startswith("error: process 0 lost its connection to process 1"), r.stderr[-3000:]
     same_run(whole, out)

@@ -27,7 +27,7 @@ from lib.folder_device import (DeviceTestTransform, FolderBatches, collate, crop
                                nvjpeg_takes, size_groups)
 from lib.knn import knn_scores
 from lib.sampler import EpochSampler
-from tests.common import ROOT, one_clear_line, states_equal
+from tests.common import ROOT, one_clear_line, states_equal, torchrun
 from tests.test_faults import signal_after
 
 INFO = dataset_info("imagenet")
@@ -338,9 +338,7 @@ def test_two_processes_shard_the_folder_path_and_split_the_knn_scores(tmp_path):
     batch, with the views an in-process FolderBatches of that rank draws; and knn_scores split over the
     processes equals one process's scores, ties included (lib/knn.py)."""
     root = write_folder(tmp_path / "tree", per_class=8, splits=("train",))  # 16 images: 2 steps of 2 x 4
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "tests/dist_folder_worker.py", root, str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = torchrun("tests/dist_folder_worker.py", root, str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     perm = torch.randperm(16, generator=torch.Generator().manual_seed(3 + 1))  # EpochSampler's epoch 1

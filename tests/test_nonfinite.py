@@ -4,9 +4,6 @@ import contextlib
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,9 +15,8 @@ from lib.lars import LARS, param_groups
 from lib.memory import MemoryBank
 from lib.models import CLDNet
 from lib.moco import MomentumEncoder
-from tests.common import as_main, pytests_own_signals, states_equal
+from tests.common import as_main, pytests_own_signals, states_equal, torchrun
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--dataset", "digits", "--arch", "resnet20", "--batch-size", "64", "--clusters", "10", "--workers", "0",
         "--knn-every", "0", "--lr", "0.01", "--warmup-epochs", "0"]
 STEPS = 1437 // 64  # steps per epoch of TINY: 22
@@ -251,10 +247,8 @@ def test_a_nan_on_one_process_is_skipped_by_all(tmp_path):
     or their weights and banks part ways (or, as the bank update gathers, one waits for the other forever:
     hence the short timeout; the run takes seconds)."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "tests/dist_nan_worker.py", *TINY, "--batch-size", "128", "--epochs", "1", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "NAN_STEPS": "2,3,7"})
+    r = torchrun("tests/dist_nan_worker.py", *TINY, "--batch-size", "128", "--epochs", "1", "--out", str(out),
+                 env={"NAN_STEPS": "2,3,7"}, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert torch.equal(rank0["bank"], rank1["bank"])
